@@ -1,0 +1,423 @@
+"""``SegOpsClient``: the documented API, with every event on disk before ``track()`` returns."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable, Dict, Iterable, List, Optional, Type, Union
+
+import httpx
+
+import spool
+
+from ._delivery import Counters, Delivery
+from ._encoding import encode_event, event_from_args, identify_from_args
+from ._errors import (
+    ConfigurationError,
+    FlushTimeout,
+    SegOpsError,
+    translate_spool_error,
+)
+from ._flusher import Flusher
+from ._http import HttpSender
+from ._paths import default_spool_path, normalize_url, redact
+from ._retry import RetryPolicy
+from ._session import Session
+from ._types import Context, Event, UserContext
+
+logger = logging.getLogger("segops")
+
+DEFAULT_BATCH_SIZE = 20
+DEFAULT_FLUSH_INTERVAL = 5.0
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_SPOOL_BYTES = 1024 * 1024 * 1024
+DEFAULT_FLUSH_TIMEOUT = 30.0
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+#: The whole budget of the exit-time flush for clients the program forgot to shut down.
+ATEXIT_TIMEOUT = 2.0
+#: ``batch=False`` sends inline once; the flusher retries what that attempt left behind.
+_SINGLE_ATTEMPT = RetryPolicy(attempts=1, timeout=DEFAULT_TIMEOUT)
+
+ErrorHandler = Callable[[BaseException], None]
+
+
+class ClientClosed(SegOpsError):
+    """The client was shut down; create a new one (events already spooled are kept)."""
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """A snapshot of the spool and of what this client has done since it was created."""
+
+    pending: int
+    in_flight: int
+    dead_letters: int
+    delivered: int
+    retries: int
+    skipped: int
+    last_error: Optional[str]
+    oldest_age: Optional[float]
+    spool_path: str
+
+
+def _log_error(exc: BaseException) -> None:
+    logger.warning("segops: %s", exc)
+
+
+class SegOpsClient:
+    """Sends user events to SegOps, durably. Safe for concurrent use from many threads.
+
+    An ``sk_`` key authenticates directly; a ``pk_`` key runs the session handshake with the
+    identity ``get_user()`` returns.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        get_user: Optional[Callable[[], UserContext]] = None,
+        batch: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        on_error: Optional[ErrorHandler] = None,
+        spool_path: Union[str, os.PathLike[str], None] = None,
+        durability: str = "normal",
+        max_spool_bytes: Optional[int] = DEFAULT_MAX_SPOOL_BYTES,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: Optional[httpx.BaseTransport] = None,
+        gzip: bool = False,
+        retry_policy: Optional[RetryPolicy] = None,
+    ) -> None:
+        _check_settings(api_url, api_key, get_user, batch_size, flush_interval, timeout)
+        self._api_url = normalize_url(api_url)
+        self._api_key = api_key
+        self._batch = bool(batch)
+        self._batch_size = batch_size
+        self._on_error = on_error or _log_error
+        self._timeout = timeout
+        path = Path(spool_path) if spool_path is not None else None
+        self._spool_path = path or default_spool_path(self._api_url, api_key)
+        self._spool = _open_spool(self._spool_path, durability, max_spool_bytes)
+        self._http = HttpSender(
+            api_url=self._api_url, timeout=timeout, transport=transport, gzip=gzip
+        )
+        self._session = (
+            Session(api_key=api_key, get_user=get_user, http=self._http)
+            if api_key.startswith("pk_") and get_user is not None
+            else None
+        )
+        self._counters = Counters()
+        self._delivery = Delivery(
+            store=self._spool,
+            http=self._http,
+            api_key=api_key,
+            session=self._session,
+            policy=retry_policy or RetryPolicy(),
+            report=self._report,
+            counters=self._counters,
+            request_timeout=timeout,
+        )
+        self._flush_interval = flush_interval
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._unflushed = 0
+        self._flusher = self._new_flusher()
+        self._flusher.start()
+        self._started_pid = os.getpid()
+        _LIVE_CLIENTS.add(self)
+
+    # -- the documented API -----------------------------------------------------------
+
+    def track(
+        self,
+        event: Optional[Union[Event, Dict[str, Any]]] = None,
+        *,
+        user_id: Optional[Any] = None,
+        event_type: Optional[str] = None,
+        occurred_at: Optional[Any] = None,
+        payload: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        """Validate the event and commit it to the spool; returns once it is on disk.
+
+        Raises ``TypeError``/``ValueError`` naming the bad field, or :class:`SpoolError`
+        when the event could not be stored. Never waits for the network (``batch=True``).
+        """
+        wire = event_from_args(
+            event, user_id=user_id, event_type=event_type, occurred_at=occurred_at, payload=payload
+        )
+        self._commit(encode_event(wire))
+
+    def track_many(self, events: Iterable[Union[Event, Dict[str, Any]]]) -> int:
+        """Validate every event, then commit them all in one transaction (all or none).
+
+        Returns how many were spooled. A bad event raises before anything is stored, with
+        its position in the message.
+        """
+        records = []
+        for index, event in enumerate(events):
+            try:
+                wire = event_from_args(
+                    event, user_id=None, event_type=None, occurred_at=None, payload=None
+                )
+                records.append(encode_event(wire))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"event #{index}: {exc}") from None
+        self._commit_many(records)
+        return len(records)
+
+    def identify(
+        self,
+        context: Optional[Union[Context, Dict[str, Any]]] = None,
+        *,
+        user_id: Optional[Any] = None,
+        traits: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        """Record user traits as a ``context_identified`` event (durably, like ``track``)."""
+        wire = identify_from_args(context, user_id=user_id, traits=traits)
+        self._commit(encode_event(wire, payload_name="traits"))
+
+    def flush(self, timeout: Optional[float] = DEFAULT_FLUSH_TIMEOUT) -> None:
+        """Block until every event tracked before this call is delivered (or dead-lettered).
+
+        Raises :class:`DeliveryError` when the server keeps refusing after the retry policy,
+        and :class:`FlushTimeout` when ``timeout`` seconds pass first. Undelivered events stay
+        in the spool either way.
+        """
+        self._ensure_open()
+        self._ensure_flusher()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            target = self._spool.last_id()
+            self._drain_through(target, deadline)
+        except spool.SpoolError as exc:
+            raise translate_spool_error(exc) from exc
+
+    def shutdown(self, timeout: Optional[float] = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+        """Stop the flusher and make a final flush within ``timeout``; raises like ``flush``.
+
+        Whatever is not delivered stays on disk for the next client on this spool or
+        ``segops replay``. Calling it again does nothing.
+        """
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _LIVE_CLIENTS.discard(self)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stopped = self._flusher.stop(timeout=min(1.0, timeout or 1.0))
+        try:
+            self._drain_through(self._spool.last_id(), deadline)
+        except spool.SpoolError as exc:
+            raise translate_spool_error(exc) from exc
+        finally:
+            if stopped:  # a flusher still inside a request keeps using both
+                self._http.close()
+                self._spool.close()
+
+    def close(self, timeout: Optional[float] = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+        """Alias of :meth:`shutdown`."""
+        self.shutdown(timeout)
+
+    def reset_session(self) -> None:
+        """Drop the session token so the next request mints with the current ``get_user()``.
+
+        Events tracked before the call are still sent under the old token while it is valid.
+        No-op for ``sk_`` clients.
+        """
+        if self._session is None:
+            return
+        token = self._session.take()
+        if token is not None and token.fresh(time.time(), 0.0):
+            self._delivery.retire_token(token, self._spool.last_id())
+
+    def stats(self) -> ClientStats:
+        """Pending, in-flight and dead-lettered events on the spool; this client's counters."""
+        try:
+            spooled = self._spool.stats()
+        except spool.SpoolError as exc:
+            raise translate_spool_error(exc) from exc
+        counters = self._counters
+        return ClientStats(
+            pending=spooled.pending,
+            in_flight=spooled.leased,
+            dead_letters=spooled.dead,
+            delivered=counters.delivered,
+            retries=counters.retries,
+            skipped=counters.skipped,
+            last_error=counters.last_error,
+            oldest_age=spooled.oldest_age,
+            spool_path=str(self._spool_path),
+        )
+
+    @property
+    def spool_path(self) -> Path:
+        """The spool file this client writes to."""
+        return self._spool_path
+
+    def __enter__(self) -> SegOpsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return (
+            f"SegOpsClient(api_url={self._api_url!r}, api_key={redact(self._api_key)!r}, "
+            f"spool={str(self._spool_path)!r})"
+        )
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _commit(self, record: bytes) -> None:
+        if self._closed:
+            raise ClientClosed("this SegOpsClient was shut down; create a new one")
+        if self._started_pid != os.getpid():
+            self._ensure_flusher()
+        try:
+            self._spool.append(record)
+        except spool.SpoolError as exc:
+            raise translate_spool_error(exc) from exc
+        if not self._batch:
+            self._send_now()
+            return
+        self._unflushed += 1  # only schedules a wake-up: an occasional lost update is harmless
+        if self._unflushed >= self._batch_size:
+            self._unflushed = 0
+            self._flusher.wake()
+
+    def _commit_many(self, records: List[bytes]) -> None:
+        self._ensure_open()
+        self._ensure_flusher()
+        if not records:
+            return
+        try:
+            self._spool.append_many(records)
+        except spool.SpoolError as exc:
+            raise translate_spool_error(exc) from exc
+        self._flusher.wake()
+
+    def _send_now(self) -> None:
+        """``batch=False``: one inline attempt; what fails stays spooled for the flusher."""
+        deadline = time.monotonic() + self._timeout
+        try:
+            self._delivery.deliver_next(
+                deadline=deadline, max_records=1, single=True, policy=_SINGLE_ATTEMPT
+            )
+        except SegOpsError as exc:
+            self._report(exc)
+
+    def _drain_through(self, target: int, deadline: Optional[float]) -> None:
+        while self._spool.pending_through(target) > 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                pending = self._spool.pending_through(target)
+                raise FlushTimeout(
+                    f"{pending} event(s) still pending; they stay in the spool", pending=pending
+                )
+            if self._delivery.deliver_next(deadline=deadline) == 0:
+                time.sleep(0.02)  # the rest is leased by another sender; it acks or expires
+
+    def _report(self, exc: SegOpsError) -> None:
+        """Hand a background failure to ``on_error``; a failing handler is only logged."""
+        self._counters.last_error = str(exc)
+        try:
+            self._on_error(exc)
+        except Exception:
+            logger.exception("segops: the on_error handler raised")
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("this SegOpsClient was shut down; create a new one")
+
+    def _new_flusher(self) -> Flusher:
+        return Flusher(delivery=self._delivery, interval=self._flush_interval, report=self._report)
+
+    def _ensure_flusher(self) -> None:
+        """After a fork, the child starts its own flusher on first use."""
+        if self._started_pid == os.getpid():
+            return
+        with self._state_lock:
+            if self._started_pid != os.getpid():
+                self._flusher = self._new_flusher()
+                self._flusher.start()
+                self._started_pid = os.getpid()
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh locks and HTTP pool; the parent's threads do not exist here."""
+        self._state_lock = threading.Lock()
+        self._counters.lock = threading.Lock()
+        self._http.after_fork()
+        if self._session is not None:
+            self._session.after_fork()
+        self._unflushed = 0
+
+    def _exit_flush(self, deadline: float) -> None:
+        try:
+            self.shutdown(timeout=max(0.1, deadline - time.monotonic()))
+        except SegOpsError as exc:
+            logger.warning("segops: events left in the spool at exit (%s)", exc)
+
+
+def _check_settings(
+    api_url: Any,
+    api_key: Any,
+    get_user: Any,
+    batch_size: Any,
+    flush_interval: Any,
+    timeout: Any,
+) -> None:
+    if not isinstance(api_url, str) or not api_url.strip():
+        raise ConfigurationError("api_url must be a non-empty URL such as https://api.segops.ai")
+    if not api_url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"api_url must start with http:// or https://: {api_url!r}")
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ConfigurationError("api_key must be a non-empty sk_… or pk_… key")
+    if api_key.startswith("pk_") and get_user is None:
+        raise ConfigurationError("a pk_ key needs get_user= (it returns the UserContext to mint)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError("batch_size must be a positive integer")
+    for name, value in (("flush_interval", flush_interval), ("timeout", timeout)):
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive number of seconds")
+
+
+def _open_spool(path: Path, durability: str, max_bytes: Optional[int]) -> spool.Spool:
+    try:
+        return spool.Spool(path, durability=durability, max_bytes=max_bytes)
+    except spool.SpoolError as exc:
+        raise translate_spool_error(exc) from exc
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+_LIVE_CLIENTS: weakref.WeakSet[SegOpsClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_LIVE_CLIENTS):
+        client._after_fork_in_child()
+
+
+def _flush_at_exit() -> None:
+    """Bounded best-effort flush for clients nobody shut down; never blocks exit for long."""
+    deadline = time.monotonic() + ATEXIT_TIMEOUT
+    for client in list(_LIVE_CLIENTS):
+        if client._started_pid == os.getpid():
+            client._exit_flush(deadline)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)

@@ -1,0 +1,284 @@
+"""Delivery: claim a batch from the spool, send it, and ack only after a 2xx.
+
+Each outcome has one place here: a 2xx acks; 400/413/422 split the batch until the bad event
+is alone and dead-letter it; transient failures are retried by the policy and then the batch
+is released, whole and under the same idempotency key, for a later cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import spool
+
+from ._encoding import batch_body
+from ._errors import (
+    AuthError,
+    DeliveryError,
+    EventRejected,
+    EventsSkipped,
+    SegOpsError,
+    translate_spool_error,
+)
+from ._http import BATCH_PATH, SINGLE_PATH, HttpSender, Reply
+from ._retry import Retryable, RetryPolicy, call_with_retries
+from ._session import Session, Token
+
+logger = logging.getLogger("segops")
+
+#: The server's documented limit of events per batch request.
+MAX_BATCH_EVENTS = 500
+#: Keep request bodies well under common proxy limits; a 413 still splits.
+MAX_BATCH_BYTES = 5 * 1024 * 1024
+#: How long a retiring session token (``reset_session``) may still be used before it expires.
+RETIRING_SKEW = 5.0
+
+
+class _Rejected(Exception):
+    """The server refused the request's content (400/413/422): split, then dead-letter."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.detail())
+        self.reply = reply
+
+
+@dataclass
+class Counters:
+    """What this client has done, for ``stats()``."""
+
+    delivered: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    last_error: Optional[str] = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **amounts: int) -> None:
+        with self.lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+
+Report = Callable[[SegOpsError], None]
+
+
+class Delivery:
+    """Sends spooled batches; shared by the flusher thread, ``flush()`` and ``segops replay``."""
+
+    def __init__(
+        self,
+        *,
+        store: spool.Spool,
+        http: HttpSender,
+        api_key: str,
+        session: Optional[Session],
+        policy: RetryPolicy,
+        report: Report,
+        counters: Counters,
+        request_timeout: float,
+    ) -> None:
+        self._spool = store
+        self._http = http
+        self._api_key = api_key
+        self._session = session
+        self._policy = policy
+        self._report = report
+        self._counters = counters
+        self._lease = policy.timeout + 2 * request_timeout + 30.0
+        self._retiring: Optional[Tuple[Token, int]] = None
+
+    # -- public -------------------------------------------------------------------------
+
+    def deliver_next(
+        self,
+        *,
+        deadline: Optional[float] = None,
+        cancel: Optional[threading.Event] = None,
+        max_records: int = MAX_BATCH_EVENTS,
+        single: bool = False,
+        policy: Optional[RetryPolicy] = None,
+    ) -> int:
+        """Claim the oldest available batch and deliver it; returns how many records it held.
+
+        Raises :class:`DeliveryError` (the batch is back in the spool) when it could not be sent.
+        """
+        try:
+            batch = self._spool.claim(max_records, max_bytes=MAX_BATCH_BYTES, lease=self._lease)
+        except spool.SpoolError as exc:
+            raise translate_spool_error(exc) from exc
+        if batch is None:
+            return 0
+        self._deliver(batch, deadline, cancel, single, policy or self._policy)
+        return len(batch.records)
+
+    def retire_token(self, token: Token, boundary: int) -> None:
+        """After ``reset_session``: records up to ``boundary`` still go under ``token``."""
+        self._retiring = (token, boundary)
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def _deliver(
+        self,
+        batch: spool.Batch,
+        deadline: Optional[float],
+        cancel: Optional[threading.Event],
+        single: bool,
+        policy: RetryPolicy,
+    ) -> None:
+        todo: List[spool.Batch] = [batch]
+        try:
+            while todo:
+                current = todo[0]
+                token = self._token_for(current)
+                if token == "split":
+                    todo[:1] = list(self._spool.split(current))
+                    continue
+                try:
+                    reply = self._send(current, token, deadline, cancel, single, policy)
+                except _Rejected as exc:
+                    todo[:1] = self._handle_rejected(current, exc)
+                    continue
+                self._acknowledge(current, reply)
+                todo.pop(0)
+        except spool.SpoolError as exc:
+            self._release_all(todo)
+            raise translate_spool_error(exc) from exc
+        except BaseException:
+            self._release_all(todo)
+            raise
+
+    def _token_for(self, batch: spool.Batch) -> object:
+        """``None`` (current identity), a retiring :class:`Token`, or ``"split"``."""
+        if self._retiring is None:
+            return None
+        token, boundary = self._retiring
+        if not token.fresh(time.time(), RETIRING_SKEW):
+            self._retiring = None
+            return None
+        first, last = batch.records[0].id, batch.records[-1].id
+        if last <= boundary:
+            return token
+        if first <= boundary and len(batch.records) > 1:
+            return "split"
+        return None
+
+    def _handle_rejected(self, batch: spool.Batch, exc: _Rejected) -> List[spool.Batch]:
+        if len(batch.records) > 1:
+            return list(self._spool.split(batch))
+        reason = f"HTTP {exc.reply.status}: {exc.reply.detail()}"
+        self._spool.dead_letter(batch.records, reason)
+        self._counters.add(dead_lettered=1)
+        self._report(
+            EventRejected(
+                f"the server rejected an event; moved to dead letters ({reason})",
+                status=exc.reply.status,
+                detail=exc.reply.detail(),
+            )
+        )
+        return []
+
+    def _acknowledge(self, batch: spool.Batch, reply: Reply) -> None:
+        self._spool.ack(batch)
+        self._counters.add(delivered=len(batch.records))
+        data = reply.json()
+        skipped = data.get("skipped") if isinstance(data, dict) else None
+        if isinstance(skipped, int) and skipped > 0:
+            self._counters.add(skipped=skipped)
+            self._report(
+                EventsSkipped(
+                    f"the server skipped {skipped} of {len(batch.records)} events as invalid",
+                    skipped=skipped,
+                    status=reply.status,
+                )
+            )
+
+    def _release_all(self, batches: List[spool.Batch]) -> None:
+        for leftover in batches:
+            try:
+                self._spool.release(leftover)
+            except spool.SpoolError:
+                logger.warning("could not release a batch; it returns when its lease expires")
+
+    # -- one request, with retries ---------------------------------------------------------
+
+    def _send(
+        self,
+        batch: spool.Batch,
+        token: object,
+        deadline: Optional[float],
+        cancel: Optional[threading.Event],
+        single: bool,
+        policy: RetryPolicy,
+    ) -> Reply:
+        records = [r.data for r in batch.records]
+        if single and len(records) == 1:
+            path, body, extra = SINGLE_PATH, records[0], {}
+        else:
+            path, body, extra = BATCH_PATH, batch_body(records), {"Idempotency-Key": batch.key}
+
+        def attempt() -> Reply:
+            return self._post_once(path, body, extra, token, deadline)
+
+        def count_retry(exc: Retryable, wait: float) -> None:
+            self._counters.add(retries=1)
+            logger.info("retrying in %.2fs: %s", wait, exc)
+
+        try:
+            return call_with_retries(
+                attempt, policy, deadline=deadline, cancel=cancel, on_retry=count_retry
+            )
+        except Retryable as exc:
+            raise DeliveryError(f"delivery failed after retries: {exc}", status=exc.status) from exc
+
+    def _post_once(
+        self,
+        path: str,
+        body: bytes,
+        extra: dict[str, str],
+        token: object,
+        deadline: Optional[float],
+    ) -> Reply:
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if isinstance(token, Token):
+            reply = self._http.post(path, body, {**extra, **_bearer(token)}, timeout=timeout)
+            if reply.status != 401:
+                return _classify(reply)
+            self._retiring = None  # the old identity is gone; send under the current one
+        session_token = self._session_token(timeout)
+        reply = self._http.post(path, body, {**extra, **self._auth(session_token)}, timeout=timeout)
+        if reply.status == 401 and session_token is not None and self._session is not None:
+            self._session.invalidate(session_token)
+            session_token = self._session_token(timeout)
+            reply = self._http.post(
+                path, body, {**extra, **self._auth(session_token)}, timeout=timeout
+            )
+        return _classify(reply)
+
+    def _session_token(self, timeout: Optional[float]) -> Optional[Token]:
+        return None if self._session is None else self._session.current(timeout=timeout)
+
+    def _auth(self, token: Optional[Token]) -> dict[str, str]:
+        return {"Authorization": f"ApiKey {self._api_key}"} if token is None else _bearer(token)
+
+
+def _bearer(token: Token) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token.value}"}
+
+
+def _classify(reply: Reply) -> Reply:
+    """Return a 2xx reply; raise what every other status means for delivery."""
+    status = reply.status
+    if reply.ok:
+        return reply
+    if status in (400, 413, 422):
+        raise _Rejected(reply)
+    if status in (408, 429) or status >= 500:
+        raise Retryable(f"HTTP {status}", status=status, retry_after=reply.retry_after())
+    detail = reply.detail()
+    if status in (401, 403):
+        raise AuthError(f"HTTP {status}: {detail}", status=status, detail=detail)
+    raise DeliveryError(f"HTTP {status}: {detail}", status=status, detail=detail)

@@ -1,0 +1,304 @@
+"""Validation and JSON encoding of events, done at the call site before anything is spooled.
+
+The spool stores each event as the exact JSON object sent on the wire, so a batch body is
+built by joining stored records, never by decoding and encoding them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import json.encoder as json_encoder
+import re
+import time
+import uuid
+from decimal import Decimal
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
+
+from ._types import Context, Event
+
+#: Largest encoded event accepted by ``track()``.
+MAX_EVENT_BYTES = 1024 * 1024
+IDENTIFY_EVENT_TYPE = "context_identified"
+
+_EVENT_FIELDS = frozenset({"user_id", "event_type", "occurred_at", "payload", "anonymous_id"})
+_CONTEXT_FIELDS = frozenset({"user_id", "traits"})
+_ISO_8601 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"(Z|z|[+-]\d{2}(?::?\d{2})?)?)?$"
+)
+_UTC = dt.timezone.utc
+
+
+def _json_default(value: Any) -> Any:
+    """Convert what users obviously mean into JSON; anything else is an error."""
+    if isinstance(value, dt.datetime):
+        return _datetime_text(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return _decimal_number(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _decimal_number(value: Decimal) -> Union[int, float]:
+    if not value.is_finite():
+        raise ValueError("Out of range float values are not JSON compliant")
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
+)
+# The C encoder built once: JSONEncoder.encode() rebuilds it on every call, which costs a
+# few microseconds of every track(). Circular references surface as RecursionError.
+_MAKE_C_ENCODER: Any = getattr(json_encoder, "c_make_encoder", None)
+_C_ENCODER = (
+    None
+    if _MAKE_C_ENCODER is None
+    else _MAKE_C_ENCODER(
+        None,
+        _json_default,
+        json_encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+)
+
+
+def _to_json(value: Any) -> str:
+    if _C_ENCODER is None:
+        return _ENCODER.encode(value)
+    try:
+        return "".join(_C_ENCODER(value, 0))
+    except RecursionError:
+        raise ValueError("circular reference detected") from None
+
+
+def _datetime_text(value: dt.datetime) -> str:
+    """ISO-8601 in UTC; a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=_UTC).isoformat()
+    return value.astimezone(_UTC).isoformat()
+
+
+_second_cache: Tuple[int, str] = (-1, "")
+
+
+def now_iso() -> str:
+    """The current time as the wire's ISO-8601 UTC text (``datetime.isoformat`` layout).
+
+    The text of the current second is cached: formatting a timezone-aware datetime costs
+    more than the rest of ``track()``'s encoding together.
+    """
+    global _second_cache
+    now = time.time()
+    second = int(now)
+    cached_second, prefix = _second_cache
+    if cached_second != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_cache = (second, prefix)
+    micro = int((now - second) * 1_000_000)
+    return f"{prefix}.{micro:06d}+00:00"
+
+
+def parse_iso8601(text: str) -> dt.datetime:
+    """Parse an RFC 3339 / ISO-8601 timestamp (``Z`` or offset, any fraction) on Python 3.9+."""
+    match = _ISO_8601.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    return dt.datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour or 0),
+        int(minute or 0),
+        int(second or 0),
+        micro,
+        tzinfo=_zone(zone),
+    )
+
+
+def _zone(text: Optional[str]) -> dt.tzinfo:
+    if not text or text in ("Z", "z"):
+        return _UTC
+    digits = text[1:].replace(":", "")
+    offset = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+    return dt.timezone(-offset if text[0] == "-" else offset)
+
+
+def _occurred_at(value: Any) -> str:
+    if value is None:
+        return now_iso()
+    if isinstance(value, dt.datetime):
+        return _datetime_text(value)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=_UTC).isoformat()
+    if isinstance(value, str):
+        try:
+            parse_iso8601(value)
+        except ValueError as exc:
+            raise ValueError(f"occurred_at: {exc}") from None
+        return value
+    raise TypeError(
+        f"occurred_at must be an ISO-8601 string or a datetime, not {type(value).__name__}"
+    )
+
+
+def _identifier(name: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"{name} must be a non-empty string, not {type(value).__name__}")
+    text = str(value)
+    if not text:
+        raise ValueError(f"{name} must be a non-empty string")
+    return text
+
+
+def _payload(name: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict, not {type(value).__name__}")
+    return value
+
+
+def build_event(
+    user_id: Any,
+    event_type: Any,
+    occurred_at: Any = None,
+    payload: Any = None,
+    anonymous_id: Any = None,
+    *,
+    payload_name: str = "payload",
+) -> Dict[str, Any]:
+    """Validate one event and return its wire object (fields in the official SDK's order)."""
+    # Fast paths first: this runs inside every track() call.
+    if type(user_id) is not str or not user_id:
+        user_id = _identifier("user_id", user_id)
+    if type(event_type) is not str or not event_type:
+        event_type = _identifier("event_type", event_type)
+    if type(payload) is not dict:
+        payload = _payload(payload_name, payload)
+    event: Dict[str, Any] = {
+        "user_id": user_id,
+        "event_type": event_type,
+        "occurred_at": now_iso() if occurred_at is None else _occurred_at(occurred_at),
+        "payload": payload,
+    }
+    if anonymous_id is not None:
+        event["anonymous_id"] = _identifier("anonymous_id", anonymous_id)
+    return event
+
+
+def encode_event(event: Dict[str, Any], *, payload_name: str = "payload") -> bytes:
+    """JSON-encode a wire event; errors name the offending field."""
+    try:
+        data = _to_json(event).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        where = _find_bad_value(event["payload"], payload_name) or payload_name
+        raise type(exc)(f"{where}: {exc}") from None
+    if len(data) > MAX_EVENT_BYTES:
+        raise ValueError(
+            f"event is {len(data)} bytes encoded; the limit is {MAX_EVENT_BYTES} bytes (1 MiB)"
+        )
+    return data
+
+
+def _find_bad_value(value: Any, path: str, depth: int = 0) -> Optional[str]:
+    """Walk a value and name the first part JSON cannot carry (slow path, errors only)."""
+    if depth > 50:  # deeper than any real payload: most likely a circular reference
+        return path
+    try:
+        _to_json(value)
+        return None
+    except (TypeError, ValueError):
+        pass
+    children: Iterable[Any] = ()
+    if isinstance(value, Mapping):
+        children = ((f"{path}[{k!r}]", v) for k, v in value.items())
+        for key in value:
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                return f"{path} key {key!r}"
+    elif isinstance(value, (list, tuple)):
+        children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for child_path, child in children:
+        found = _find_bad_value(child, child_path, depth + 1)
+        if found is not None:
+            return found
+    return path
+
+
+def event_from_args(
+    event: Any,
+    *,
+    user_id: Any,
+    event_type: Any,
+    occurred_at: Any,
+    payload: Any,
+) -> Dict[str, Any]:
+    """Accept an ``Event``, a dict, or keyword arguments, as ``track()`` does."""
+    if event is None:
+        if user_id is None or event_type is None:
+            raise TypeError("track() requires an Event/dict or user_id= and event_type=")
+        return build_event(user_id, event_type, occurred_at, payload)
+    if any(v is not None for v in (user_id, event_type, occurred_at, payload)):
+        raise TypeError("track() takes an Event/dict or keyword fields, not both")
+    fields = _fields_of(event, Event, _EVENT_FIELDS, "track()")
+    for required in ("user_id", "event_type"):
+        if required not in fields:
+            raise TypeError(f"track(): the event has no {required}")
+    return build_event(
+        fields["user_id"],
+        fields["event_type"],
+        fields.get("occurred_at"),
+        fields.get("payload"),
+        fields.get("anonymous_id"),
+    )
+
+
+def identify_from_args(context: Any, *, user_id: Any, traits: Any) -> Dict[str, Any]:
+    """Accept a ``Context``, a dict, or keyword arguments, as ``identify()`` does."""
+    if context is None:
+        if user_id is None:
+            raise TypeError("identify() requires a Context/dict or user_id=")
+        fields: Dict[str, Any] = {"user_id": user_id, "traits": traits}
+    else:
+        if user_id is not None or traits is not None:
+            raise TypeError("identify() takes a Context/dict or keyword fields, not both")
+        fields = _fields_of(context, Context, _CONTEXT_FIELDS, "identify()")
+        if "user_id" not in fields:
+            raise TypeError("identify(): the context has no user_id")
+    return build_event(
+        fields["user_id"], IDENTIFY_EVENT_TYPE, None, fields.get("traits"), payload_name="traits"
+    )
+
+
+def _fields_of(obj: Any, cls: type, allowed: frozenset[str], where: str) -> Dict[str, Any]:
+    if isinstance(obj, cls):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cast(Any, obj))}
+    if isinstance(obj, Mapping):
+        unknown = sorted(str(k) for k in obj if k not in allowed)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        return dict(obj)
+    raise TypeError(f"{where} takes a {cls.__name__} or a dict, not {type(obj).__name__}")
+
+
+def batch_body(records: List[bytes]) -> bytes:
+    """The batch request body, joined from already-encoded events."""
+    return b'{"events":[' + b",".join(records) + b"]}"

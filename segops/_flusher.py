@@ -1,0 +1,84 @@
+"""The background flusher: a daemon thread that drains the spool through ``Delivery``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Optional
+
+from ._delivery import Delivery
+from ._errors import AuthError, DeliveryError, SegOpsError
+from ._retry import backoff_delay
+
+logger = logging.getLogger("segops")
+
+#: Backoff between failed cycles: transient outages retry within a minute, auth/config
+#: problems (401/403/404 with an sk_ key) wait up to five minutes; events stay spooled.
+TRANSIENT_BACKOFF = (1.0, 60.0)
+AUTH_BACKOFF = (5.0, 300.0)
+
+
+class Flusher:
+    """Wakes every ``interval`` seconds, or when woken, and delivers until the spool is empty."""
+
+    def __init__(
+        self,
+        *,
+        delivery: Delivery,
+        interval: float,
+        report: Callable[[SegOpsError], None],
+    ) -> None:
+        self._delivery = delivery
+        self._interval = interval
+        self._report = report
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        # daemon: a flusher stuck on the network must never keep the interpreter alive;
+        # the atexit hook makes the bounded final flush instead.
+        self._thread = threading.Thread(target=self._run, name="segops-flusher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to stop (interrupting any backoff) and wait; True if it ended."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(0.0, timeout))
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                while not self._stop.is_set() and self._delivery.deliver_next(cancel=self._stop):
+                    pass
+                failures = 0
+            except SegOpsError as exc:
+                failures += 1
+                self._report(exc)
+                self._stop.wait(_backoff(exc, failures))
+                continue
+            except Exception as exc:  # a bug must not kill the flusher silently
+                failures += 1
+                logger.exception("segops flusher: unexpected error")
+                self._report(SegOpsError(f"unexpected error in the flusher: {exc!r}"))
+                self._stop.wait(_backoff(exc, failures))
+                continue
+            self._wake.wait(self._interval)
+            self._wake.clear()
+
+
+def _backoff(exc: BaseException, failures: int) -> float:
+    """A failed cycle waits longer each time; auth and wrong-URL problems wait longest."""
+    base, cap = TRANSIENT_BACKOFF
+    if isinstance(exc, AuthError) or (isinstance(exc, DeliveryError) and exc.status == 404):
+        base, cap = AUTH_BACKOFF
+    return max(base / 2, backoff_delay(failures - 1, base=base, cap=cap))

@@ -1,0 +1,127 @@
+"""The one HTTP seam: an ``httpx.Client`` with keep-alive, our headers, errors translated."""
+
+from __future__ import annotations
+
+import email.utils
+import gzip as gzip_module
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+import httpx
+
+from ._paths import normalize_url
+from ._retry import Retryable
+from ._version import __version__
+
+USER_AGENT = f"segops-python/{__version__} python/{platform.python_version_tuple()[0]}.{platform.python_version_tuple()[1]}"  # noqa: E501
+
+BATCH_PATH = "/api/ingestion/track/batch/"
+SINGLE_PATH = "/api/ingestion/track/"
+SESSION_PATH = "/api/auth/session/"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A server answer, reduced to what delivery decisions need."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body as JSON, or ``None`` when it is not JSON."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+    def detail(self) -> str:
+        """The server's explanation (``{"detail": ...}`` or field errors), kept short."""
+        data = self.json()
+        if isinstance(data, dict) and "detail" in data:
+            text = str(data["detail"])
+        elif isinstance(data, dict) and data:
+            text = "; ".join(f"{k}: {v}" for k, v in data.items())
+        else:
+            text = self.body.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
+        return text[:500]
+
+    def retry_after(self) -> Optional[float]:
+        """``Retry-After`` in seconds, from either delta-seconds or an HTTP date."""
+        value = self.headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+class HttpSender:
+    """POSTs JSON bodies to the API over one keep-alive connection pool."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        timeout: float,
+        transport: Optional[httpx.BaseTransport] = None,
+        gzip: bool = False,
+    ) -> None:
+        self._base = normalize_url(api_url)
+        self._timeout = timeout
+        self._transport = transport
+        self._gzip = gzip
+        self._client = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
+            transport=self._transport,
+            timeout=self._timeout,
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+        )
+
+    def post(
+        self,
+        path: str,
+        body: bytes,
+        headers: Dict[str, str],
+        *,
+        timeout: Optional[float] = None,
+    ) -> Reply:
+        """Send one request; transport failures become :class:`Retryable`."""
+        if self._gzip:
+            body = gzip_module.compress(body, compresslevel=5)
+            headers = {**headers, "Content-Encoding": "gzip"}
+        limit = self._timeout if timeout is None else max(0.05, min(timeout, self._timeout))
+        try:
+            response = self._client.post(
+                self._base + path, content=body, headers=headers, timeout=limit
+            )
+        except httpx.TimeoutException as exc:
+            raise Retryable(f"request timed out: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise Retryable(f"could not reach the server: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise Retryable(f"HTTP failure: {type(exc).__name__}: {exc}") from exc
+        return Reply(response.status_code, response.content, dict(response.headers))
+
+    def after_fork(self) -> None:
+        """Give the child its own pool; the parent's sockets are left untouched, not closed."""
+        self._inherited = self._client
+        self._client = self._new_client()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,53 @@
+"""Where spools live by default, and how a spool file is named."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+SPOOL_DIR_ENV = "SEGOPS_SPOOL_DIR"
+
+
+def default_spool_dir() -> Path:
+    """``$SEGOPS_SPOOL_DIR``, else the per-user cache directory's ``segops`` folder."""
+    configured = os.environ.get(SPOOL_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return _user_cache_dir() / "segops"
+
+
+def _user_cache_dir() -> Path:
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches"
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        return Path(local) if local else home / "AppData" / "Local"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) if xdg else home / ".cache"
+
+
+def spool_name(api_url: str, api_key: str) -> str:
+    """A file name derived from (api_url, api_key) that never reveals the key."""
+    digest = hashlib.sha256(f"{normalize_url(api_url)}\n{api_key}".encode()).hexdigest()
+    return f"spool-{digest[:24]}.sqlite3"
+
+
+def default_spool_path(api_url: str, api_key: str) -> Path:
+    """The spool the library uses for this url/key when none is given."""
+    return default_spool_dir() / spool_name(api_url, api_key)
+
+
+def normalize_url(api_url: str) -> str:
+    """The base URL with one trailing slash stripped, as the API doc says."""
+    return api_url[:-1] if api_url.endswith("/") else api_url
+
+
+def redact(secret: str) -> str:
+    """``sk_live_…abcd``: enough to tell keys apart, never enough to use one."""
+    if len(secret) <= 12:
+        return secret[:3] + "…"
+    prefix = secret[: secret.find("_", 3) + 1] if secret.count("_") >= 2 else secret[:3]
+    return f"{prefix}…{secret[-4:]}"

@@ -1,0 +1,107 @@
+"""Our retry policy: tenacity underneath, bounded in attempts *and* time, full jitter.
+
+Only :class:`Retryable` is retried: connection errors, timeouts, 408, 429 and 5xx. Everything
+else is the caller's to handle. A ``Retry-After`` hint replaces the backoff for that wait.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, TypeVar
+
+import tenacity
+
+T = TypeVar("T")
+
+
+class Retryable(Exception):
+    """A transient failure worth another attempt; ``retry_after`` is the server's hint."""
+
+    def __init__(
+        self, message: str, *, status: Optional[int] = None, retry_after: Optional[float] = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one delivery cycle tries before giving the batch back to the spool."""
+
+    attempts: int = 5
+    timeout: float = 20.0
+    wait_initial: float = 0.2
+    wait_max: float = 5.0
+    retry_after_max: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.timeout <= 0 or self.wait_initial <= 0:
+            raise ValueError("RetryPolicy needs attempts >= 1 and positive times")
+
+
+class _Budget:
+    """The time one cycle may still spend, given the policy and the caller's deadline."""
+
+    def __init__(self, policy: RetryPolicy, deadline: Optional[float]) -> None:
+        end = time.monotonic() + policy.timeout
+        self.end = end if deadline is None else min(end, deadline)
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    deadline: Optional[float] = None,
+    cancel: Optional[threading.Event] = None,
+    on_retry: Optional[Callable[[Retryable, float], None]] = None,
+) -> T:
+    """Run ``fn`` until it returns, raises a non-retryable error, or the budget runs out.
+
+    When the budget runs out the last :class:`Retryable` is raised. ``cancel`` interrupts a
+    backoff sleep at once (shutdown must not wait out a 60-second ``Retry-After``).
+    """
+    budget = _Budget(policy, deadline)
+    jitter = tenacity.wait_random_exponential(multiplier=policy.wait_initial, max=policy.wait_max)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hint = getattr(exc, "retry_after", None)
+        delay = min(hint, policy.retry_after_max) if hint is not None else jitter(state)
+        return max(0.0, min(delay, budget.left()))
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        cancelled = cancel is not None and cancel.is_set()
+        return cancelled or state.attempt_number >= policy.attempts or budget.left() <= 0.05
+
+    def sleep(seconds: float) -> None:
+        if cancel is not None:
+            cancel.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if on_retry is not None and isinstance(exc, Retryable):
+            on_retry(exc, state.upcoming_sleep)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(Retryable),
+        stop=stop,
+        wait=wait,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+def backoff_delay(failures: int, *, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff between whole delivery cycles."""
+    return random.uniform(0, min(cap, base * (2 ** min(failures, 16))))

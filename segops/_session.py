@@ -1,0 +1,128 @@
+"""The pk_ session handshake: mint, cache, refresh, single-flight, re-mint on 401."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+from ._encoding import parse_iso8601
+from ._errors import AuthError, DeliveryError
+from ._http import SESSION_PATH, HttpSender, Reply
+from ._retry import Retryable
+from ._types import UserContext
+
+#: A token is replaced this long before it expires.
+REFRESH_SKEW = 60.0
+
+
+@dataclass(frozen=True)
+class Token:
+    """A minted session token and when to stop using it (monotonic-free: wall clock)."""
+
+    value: str
+    expires_at: float
+    uid: str
+
+    def fresh(self, now: float, skew: float = REFRESH_SKEW) -> bool:
+        return now < self.expires_at - skew
+
+    def __repr__(self) -> str:
+        return f"Token(uid={self.uid!r}, expires_at={self.expires_at})"
+
+
+class Session:
+    """Holds the current session token of a pk_ client; thread-safe, one mint in flight."""
+
+    def __init__(
+        self, *, api_key: str, get_user: Callable[[], UserContext], http: HttpSender
+    ) -> None:
+        self._api_key = api_key
+        self._get_user = get_user
+        self._http = http
+        self._lock = threading.Lock()
+        self._mint_lock = threading.Lock()
+        self._token: Optional[Token] = None
+
+    def after_fork(self) -> None:
+        """Locks held by another thread at fork time would never be released in the child."""
+        self._lock = threading.Lock()
+        self._mint_lock = threading.Lock()
+
+    def current(self, *, timeout: Optional[float] = None) -> Token:
+        """A fresh token, minting one if needed; concurrent callers share one mint."""
+        token = self._token
+        if token is not None and token.fresh(time.time()):
+            return token
+        with self._mint_lock:
+            token = self._token  # another thread may have minted while we waited
+            if token is not None and token.fresh(time.time()):
+                return token
+            token = self._mint(timeout)
+            with self._lock:
+                self._token = token
+            return token
+
+    def invalidate(self, token: Optional[Token] = None) -> None:
+        """Drop the cached token (only if it is still ``token``, when one is given)."""
+        with self._lock:
+            if token is None or self._token is token:
+                self._token = None
+
+    def take(self) -> Optional[Token]:
+        """Remove and return the cached token (``reset_session``)."""
+        with self._lock:
+            token, self._token = self._token, None
+            return token
+
+    def _mint(self, timeout: Optional[float]) -> Token:
+        body = json.dumps(self._identity(), separators=(",", ":")).encode()
+        headers = {"Authorization": f"ApiKey {self._api_key}"}
+        reply = self._http.post(SESSION_PATH, body, headers, timeout=timeout)
+        if reply.ok:
+            return _token_from(reply)
+        if reply.status in (401, 403):
+            raise AuthError(
+                f"session mint refused: HTTP {reply.status}: {reply.detail()}",
+                status=reply.status,
+                detail=reply.detail(),
+            )
+        if reply.status in (408, 429) or reply.status >= 500:
+            raise Retryable(
+                f"session mint: HTTP {reply.status}",
+                status=reply.status,
+                retry_after=reply.retry_after(),
+            )
+        raise DeliveryError(
+            f"session mint failed: HTTP {reply.status}: {reply.detail()}",
+            status=reply.status,
+            detail=reply.detail(),
+        )
+
+    def _identity(self) -> Dict[str, Any]:
+        user = self._get_user()
+        if not isinstance(user, UserContext):
+            raise TypeError(f"get_user() must return a UserContext, not {type(user).__name__}")
+        body: Dict[str, Any] = {}
+        for name in ("user_id", "anonymous_id", "user_id_sig"):
+            value = getattr(user, name)
+            if value is not None and value != "":
+                body[name] = str(value)
+        if user.user_id_ts is not None:
+            body["user_id_ts"] = int(user.user_id_ts)
+        return body
+
+
+def _token_from(reply: Reply) -> Token:
+    data = reply.json()
+    try:
+        value = data["token"]
+        expires = parse_iso8601(data["expires_at"]).timestamp()
+    except (TypeError, KeyError, ValueError) as exc:
+        raise DeliveryError(
+            "session mint: the server's answer has no usable token/expires_at",
+            status=reply.status,
+        ) from exc
+    return Token(str(value), expires, str(data.get("uid", "")))

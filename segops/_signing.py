@@ -1,0 +1,62 @@
+"""Signing a user id for the pk_ session handshake (run on your backend only)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Dict, Optional, Union
+
+#: How far a signature's timestamp may be from the server's clock, in seconds.
+SIGNATURE_TOLERANCE = 300
+
+
+def _signature(secret_hex: str, user_id: str, ts: int) -> str:
+    try:
+        key = bytes.fromhex(secret_hex)
+    except (TypeError, ValueError) as exc:
+        raise ValueError("secret_hex must be a hex string") from exc
+    message = f"{user_id}|{ts}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def sign_user_id(
+    secret_hex: str, user_id: str, ts: Optional[int] = None
+) -> Dict[str, Union[str, int]]:
+    """Sign ``user_id`` with the public key's HMAC secret.
+
+    Returns ``{"user_id", "user_id_sig", "user_id_ts"}``, ready for ``UserContext``.
+    Never ship ``secret_hex`` to a client.
+    """
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("user_id must be a non-empty string")
+    stamp = int(time.time()) if ts is None else int(ts)
+    return {
+        "user_id": user_id,
+        "user_id_sig": _signature(secret_hex, user_id, stamp),
+        "user_id_ts": stamp,
+    }
+
+
+def verify_user_id(
+    secret_hex: str,
+    user_id: str,
+    sig: str,
+    ts: int,
+    *,
+    now: Optional[float] = None,
+    tolerance: int = SIGNATURE_TOLERANCE,
+) -> bool:
+    """Check a signature made by :func:`sign_user_id` (for servers).
+
+    True only when the signature matches and ``ts`` is within ``tolerance`` seconds of ``now``.
+    """
+    try:
+        stamp = int(ts)
+        expected = _signature(secret_hex, user_id, stamp)
+    except (TypeError, ValueError):
+        return False
+    current = time.time() if now is None else now
+    if abs(current - stamp) > tolerance:
+        return False
+    return hmac.compare_digest(expected, str(sig).lower())
