@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -95,6 +96,7 @@ class SegOpsClient:
         transport: Optional[httpx.BaseTransport] = None,
         gzip: bool = False,
         retry_policy: Optional[RetryPolicy] = None,
+        background: bool = True,
     ) -> None:
         _check_settings(api_url, api_key, get_user, batch_size, flush_interval, timeout)
         self._api_url = normalize_url(api_url)
@@ -129,8 +131,11 @@ class SegOpsClient:
         self._state_lock = threading.Lock()
         self._closed = False
         self._unflushed = 0
+        self._background = background
+        self._final_stats: Optional[ClientStats] = None
         self._flusher = self._new_flusher()
-        self._flusher.start()
+        if background:
+            self._flusher.start()
         self._started_pid = os.getpid()
         _LIVE_CLIENTS.add(self)
 
@@ -218,6 +223,8 @@ class SegOpsClient:
         except spool.SpoolError as exc:
             raise translate_spool_error(exc) from exc
         finally:
+            with contextlib.suppress(SegOpsError):
+                self._final_stats = self._snapshot()
             if stopped:  # a flusher still inside a request keeps using both
                 self._http.close()
                 self._spool.close()
@@ -239,7 +246,15 @@ class SegOpsClient:
             self._delivery.retire_token(token, self._spool.last_id())
 
     def stats(self) -> ClientStats:
-        """Pending, in-flight and dead-lettered events on the spool; this client's counters."""
+        """Pending, in-flight and dead-lettered events on the spool; this client's counters.
+
+        After ``shutdown()`` it returns the snapshot taken at the end of the final flush.
+        """
+        if self._final_stats is not None:
+            return self._final_stats
+        return self._snapshot()
+
+    def _snapshot(self) -> ClientStats:
         try:
             spooled = self._spool.stats()
         except spool.SpoolError as exc:
@@ -351,7 +366,8 @@ class SegOpsClient:
         with self._state_lock:
             if self._started_pid != os.getpid():
                 self._flusher = self._new_flusher()
-                self._flusher.start()
+                if self._background:
+                    self._flusher.start()
                 self._started_pid = os.getpid()
 
     def _after_fork_in_child(self) -> None:

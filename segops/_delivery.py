@@ -88,7 +88,9 @@ class Delivery:
         self._policy = policy
         self._report = report
         self._counters = counters
-        self._lease = policy.timeout + 2 * request_timeout + 30.0
+        # Long enough for one retry cycle plus its last request; renewed before every request
+        # of a split batch. Short, because a sender that dies holds its batch this long.
+        self._lease = policy.timeout + request_timeout + 5.0
         self._retiring: Optional[Tuple[Token, int]] = None
 
     # -- public -------------------------------------------------------------------------
@@ -131,8 +133,13 @@ class Delivery:
     ) -> None:
         todo: List[spool.Batch] = [batch]
         try:
+            first = True
             while todo:
                 current = todo[0]
+                if not first and not self._spool.renew(current, lease=self._lease):
+                    todo.pop(0)  # our lease lapsed and someone else owns these rows now
+                    continue
+                first = False
                 token = self._token_for(current)
                 if token == "split":
                     todo[:1] = list(self._spool.split(current))

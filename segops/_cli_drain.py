@@ -1,0 +1,357 @@
+"""Shared by the command line and the demo: open a spool for inspection, and drain one
+with the client's own delivery engine while reporting progress.
+
+``segops replay``, ``segops dead-letters retry`` and ``segops demo`` all go through
+:func:`drain_spool`, so there is exactly one way the CLI sends events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import httpx
+
+import spool
+
+from ._client import SegOpsClient
+from ._errors import AuthError, DeliveryError, FlushTimeout, SegOpsError, translate_spool_error
+from ._paths import normalize_url, redact
+from ._types import UserContext
+
+
+class UsageError(Exception):
+    """A usage or configuration problem: exit code 2, one line on stderr."""
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    """What ``segops status`` reports about one spool file."""
+
+    path: str
+    pending: int
+    leased: int
+    dead_letters: int
+    oldest_age: Optional[float]
+    file_bytes: int
+
+    def as_json(self) -> Dict[str, Any]:
+        return {
+            "spool": self.path,
+            "pending": self.pending,
+            "leased": self.leased,
+            "dead_letters": self.dead_letters,
+            "oldest_age_seconds": None if self.oldest_age is None else round(self.oldest_age, 3),
+            "file_bytes": self.file_bytes,
+        }
+
+
+def require_spool(path: Path) -> None:
+    """Refuse a spool file that does not exist (reading must never create one)."""
+    if not path.exists():
+        raise UsageError(f"no spool at {path} (nothing was ever spooled there; check --spool)")
+    if not path.is_file():
+        raise UsageError(f"{path} is not a spool file")
+
+
+def open_spool(path: Path) -> spool.Spool:
+    """Open an existing spool; spool errors become their segops twins."""
+    require_spool(path)
+    try:
+        return spool.Spool(path)
+    except spool.SpoolError as exc:
+        raise translate_spool_error(exc) from exc
+
+
+def spool_status(path: Path) -> SpoolStatus:
+    """A snapshot of an existing spool (raises :class:`UsageError` when there is none)."""
+    store = open_spool(path)
+    try:
+        stats = store.stats()
+    except spool.SpoolError as exc:
+        raise translate_spool_error(exc) from exc
+    finally:
+        store.close()
+    return SpoolStatus(
+        path=str(store.path),
+        pending=stats.pending,
+        leased=stats.leased,
+        dead_letters=stats.dead,
+        oldest_age=stats.oldest_age,
+        file_bytes=stats.file_bytes,
+    )
+
+
+def session_user(api_key: str, user_id: Optional[str]) -> Optional[Callable[[], UserContext]]:
+    """``get_user`` for a pk_ key: ``user_id`` when given, else the anonymous identity."""
+    if not api_key.startswith("pk_"):
+        return None
+    context = UserContext(user_id=user_id) if user_id else UserContext(anonymous_id="anonymous")
+    return lambda: context
+
+
+def describe_failure(exc: BaseException, api_url: str, api_key: str) -> str:
+    """One friendly line saying why events could not be delivered."""
+    if isinstance(exc, AuthError):
+        return (
+            f"the server refused the API key {redact(api_key)} (HTTP {exc.status}: "
+            f"{exc.detail or exc}); check --api-key / SEGOPS_API_KEY"
+        )
+    if isinstance(exc, FlushTimeout):
+        return f"timed out with {exc.pending} event(s) still pending"
+    if isinstance(exc, DeliveryError):
+        if exc.status is None:
+            return f"server unreachable at {api_url} ({exc})"
+        if exc.status == 404:
+            return f"HTTP 404 from {api_url}: is --api-url / SEGOPS_API_URL right?"
+        return f"the server at {api_url} did not accept the events ({exc})"
+    return str(exc)
+
+
+class LastError:
+    """An ``on_error`` handler that keeps the latest background failure, to explain a
+    timeout with its cause ("server unreachable") rather than just "timed out"."""
+
+    def __init__(self) -> None:
+        self.exc: Optional[BaseException] = None
+
+    def __call__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def describe(self, exc: BaseException, api_url: str, api_key: str) -> str:
+        if not isinstance(exc, FlushTimeout):
+            return describe_failure(exc, api_url, api_key)
+        if isinstance(self.exc, DeliveryError):
+            cause = describe_failure(self.exc, api_url, api_key)
+        else:  # the sender was still retrying when time ran out: say what it is up against
+            cause = probe(api_url) or "the server did not answer in time"
+        return f"{cause}; gave up with {exc.pending} event(s) pending"
+
+
+def probe(api_url: str, timeout: float = 2.0) -> Optional[str]:
+    """Why the server cannot be reached, or ``None`` when it answers at all."""
+    try:
+        httpx.get(normalize_url(api_url) + "/", timeout=timeout)
+    except httpx.TransportError as exc:
+        return f"server unreachable at {api_url} ({type(exc).__name__})"
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress snapshot of a running drain."""
+
+    sent: int
+    remaining: int
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> Optional[float]:
+        rate = self.rate
+        return self.remaining / rate if rate > 0 else None
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """How a drain ended. ``left`` counts the events that were there when it started."""
+
+    spool: str
+    to_send: int
+    delivered: int
+    dead_lettered: int
+    dead_total: int
+    left: int
+    pending_now: int
+    seconds: float
+    error: Optional[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.left == 0
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> Dict[str, Any]:
+        return {
+            "spool": self.spool,
+            "ok": self.ok,
+            "to_send": self.to_send,
+            "delivered": self.delivered,
+            "dead_lettered": self.dead_lettered,
+            "dead_letters_total": self.dead_total,
+            "left": self.left,
+            "pending_now": self.pending_now,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.rate, 1),
+            "error": self.error,
+        }
+
+
+ProgressHook = Callable[[Progress], None]
+
+
+def drain_spool(
+    path: Path,
+    api_url: str,
+    api_key: str,
+    *,
+    user_id: Optional[str] = None,
+    timeout: Optional[float] = None,
+    on_progress: Optional[ProgressHook] = None,
+    interval: float = 0.25,
+) -> DrainResult:
+    """Deliver every event that is in the spool now, with a ``SegOpsClient`` on that spool.
+
+    Other processes may keep using the spool: batches are leased, so none is sent twice,
+    and events appended after the start are left to their writers (or the next replay).
+    Stops at the first delivery failure that makes no progress, or after ``timeout``.
+    """
+    inspect = open_spool(path)
+    try:
+        return _drain(inspect, path, api_url, api_key, user_id, timeout, on_progress, interval)
+    except spool.SpoolError as exc:
+        raise translate_spool_error(exc) from exc
+    finally:
+        inspect.close()
+
+
+def _drain(
+    inspect: spool.Spool,
+    path: Path,
+    api_url: str,
+    api_key: str,
+    user_id: Optional[str],
+    timeout: Optional[float],
+    on_progress: Optional[ProgressHook],
+    interval: float,
+) -> DrainResult:
+    dead_before = inspect.stats().dead
+    target = inspect.last_id()
+    to_send = inspect.pending_through(target)
+    seen = LastError()  # failures are reported once, in the summary
+    client = SegOpsClient(
+        api_url,
+        api_key,
+        spool_path=path,
+        flush_interval=3600.0,
+        on_error=seen,
+        get_user=session_user(api_key, user_id),
+    )
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    outcome: Dict[str, Optional[str]] = {"error": None}
+
+    def work() -> None:
+        mark = 0
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                client.flush(timeout=left)
+                return
+            except FlushTimeout as exc:
+                outcome["error"] = f"timed out after {timeout:g}s: " + seen.describe(
+                    exc, api_url, api_key
+                )
+                return
+            except AuthError as exc:
+                outcome["error"] = describe_failure(exc, api_url, api_key)
+                return
+            except DeliveryError as exc:
+                delivered = client.stats().delivered
+                if delivered > mark and (deadline is None or time.monotonic() < deadline):
+                    mark = delivered  # a blip after progress: try again
+                    continue
+                outcome["error"] = describe_failure(exc, api_url, api_key)
+                return
+            except (SegOpsError, spool.SpoolError) as exc:
+                outcome["error"] = str(exc)
+                return
+            except Exception as exc:  # never let a bug hang the command
+                outcome["error"] = f"unexpected error: {exc!r}"
+                return
+
+    worker = threading.Thread(target=work, name="segops-replay", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(interval)
+            if on_progress is not None and worker.is_alive():
+                remaining = inspect.pending_through(target)
+                on_progress(
+                    Progress(client.stats().delivered, remaining, time.monotonic() - start)
+                )
+    finally:
+        delivered = _delivered(client, 0)
+        with contextlib.suppress(SegOpsError):
+            client.shutdown(timeout=0.0)  # no second attempt: what is left stays spooled
+        delivered = final_delivered(client, delivered)
+    elapsed = time.monotonic() - start
+    stats = inspect.stats()
+    return DrainResult(
+        spool=str(inspect.path),
+        to_send=to_send,
+        delivered=delivered,
+        dead_lettered=max(0, stats.dead - dead_before),
+        dead_total=stats.dead,
+        left=inspect.pending_through(target),
+        pending_now=stats.pending + stats.leased,
+        seconds=elapsed,
+        error=outcome["error"],
+    )
+
+
+def _delivered(client: SegOpsClient, default: int) -> int:
+    try:
+        return client.stats().delivered
+    except (SegOpsError, spool.SpoolError):
+        return default
+
+
+def final_delivered(client: SegOpsClient, before_shutdown: int) -> int:
+    """The client's delivered count once it is shut down.
+
+    ``stats()`` needs the (then closed) spool, and the flusher bumps the counter just
+    after its ack, so a count read before ``shutdown()`` can miss the last batch. The
+    counters object outlives the spool; read it when it is there (same package).
+    """
+    counters = getattr(client, "_counters", None)
+    value = getattr(counters, "delivered", None)
+    return value if isinstance(value, int) else before_shutdown
+
+
+def human_age(seconds: Optional[float]) -> str:
+    """``3m 12s``-style age; ``-`` when there is nothing."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    if total < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    return f"{hours // 24}d {hours % 24:02d}h"
+
+
+def human_bytes(n: int) -> str:
+    """``48.0 KiB``-style size."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,707 @@
+"""The Spool: a durable FIFO of opaque records in one SQLite file (WAL mode).
+
+Concurrency model
+-----------------
+* In-process: one writer connection per Spool, guarded by ``self._lock`` (a plain
+  ``threading.Lock``). Threads queue on that lock instead of SQLite's busy handler, which
+  sleeps in millisecond steps.
+* Cross-process: SQLite's own locking; every multi-statement write is ``BEGIN IMMEDIATE``
+  and ``busy_timeout`` covers contention. A single-statement ``append`` runs in autocommit,
+  which takes the write lock when the statement starts -- the same as BEGIN IMMEDIATE.
+* Checkpoints: a daemon thread with its *own* connection runs PASSIVE checkpoints every
+  ``checkpoint_interval`` seconds, after acks, and every ``_CHECKPOINT_EVERY`` appends, so
+  the appending connection (``wal_autocheckpoint=0``) never pays for one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union, cast
+
+from . import _fork, _storage
+from ._errors import SpoolError, SpoolFull
+from ._types import Batch, DeadLetter, Record, Stats, Status
+
+log = logging.getLogger("spool")
+
+T = TypeVar("T")
+StrPath = Union[str, "os.PathLike[str]"]
+
+_INSERT = "INSERT INTO records(data) VALUES (?)"
+# Wake the checkpointer after this many appends (or acked records): ~1 WAL frame each,
+# so ~4 MB of WAL between passes even under a tight append loop.
+_CHECKPOINT_EVERY = 1000
+# WAL content above which the background checkpointer briefly blocks in-process appends
+# to let the WAL restart (see _background_tick). Higher = rarer pauses, bigger WAL.
+_WAL_RESTART_BYTES = 16 * 1024 * 1024
+# When the in-memory byte counter says "full", re-count from disk at most this often.
+_RECOUNT_INTERVAL = 0.25
+_LEASED = int(Status.LEASED)
+_PENDING = int(Status.PENDING)
+
+_FIND_GROUP = (
+    "SELECT key, first_id, last_id FROM batches WHERE until <= ? ORDER BY first_id LIMIT 1"
+)
+_RANGE = (
+    "SELECT id, data FROM records WHERE id BETWEEN ? AND ? AND data IS NOT NULL ORDER BY id"
+)
+_FRESH = "SELECT id, data FROM records WHERE id > ? AND data IS NOT NULL ORDER BY id LIMIT ?"
+_TOMBSTONE = "SELECT value FROM meta WHERE key = 'tombstone'"
+# "This record lies in a batch currently leased by this Spool instance" (bind: id, id,
+# LEASED, len(prefix), prefix). Owner tokens are "<instance>.<claim>".
+_LEASED_BY_ME = (
+    "EXISTS (SELECT 1 FROM batches WHERE first_id <= ? AND last_id >= ?"
+    " AND status = ? AND substr(owner, 1, ?) = ?)"
+)
+_COUNT_BYTES = (
+    "SELECT (SELECT coalesce(sum(length(data)), 0) FROM records)"
+    " + (SELECT coalesce(sum(length(data)), 0) FROM dead_letters)"
+)
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+def _encode(record: Union[bytes, str]) -> bytes:
+    if isinstance(record, str):
+        return record.encode("utf-8")
+    if isinstance(record, bytes):
+        return record
+    raise TypeError(f"spool records are bytes or str, not {type(record).__name__}")
+
+
+class Spool:
+    """A durable FIFO of opaque records; see the module docstring for the locking model.
+
+    If the file at ``path`` is not a usable database it is moved aside to
+    ``<name>.corrupt-<UTC timestamp>`` (never deleted), a fresh spool is created, a
+    warning is logged on the ``"spool"`` logger and :attr:`recovered_from` names the
+    moved file. :class:`SpoolCorrupt` is raised only when that recovery is impossible.
+    """
+
+    recovered_from: Optional[Path]
+    _conn: Optional[sqlite3.Connection]
+    _cursor: Optional[sqlite3.Cursor]  # hot path: set only when conn + checkpointer are ready
+    _ckpt_conn: Optional[sqlite3.Connection]
+    _thread: Optional[threading.Thread]
+
+    def __init__(
+        self,
+        path: StrPath,
+        *,
+        durability: str = "normal",
+        max_bytes: Optional[int] = None,
+        busy_timeout: float = 30.0,
+        checkpoint_interval: float = 1.0,
+    ) -> None:
+        if durability not in _storage.SYNCHRONOUS:
+            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError("max_bytes must be positive or None")
+        if busy_timeout < 0 or checkpoint_interval <= 0:
+            raise ValueError("busy_timeout must be >= 0 and checkpoint_interval > 0")
+        self._path = Path(os.path.abspath(os.fspath(path)))
+        self._sync = _storage.SYNCHRONOUS[durability]
+        self._max_bytes = max_bytes
+        self._busy_timeout = float(busy_timeout)
+        self._interval = float(checkpoint_interval)
+        self._closed = False
+        self._reset_process_state()
+        conn, self.recovered_from = _storage.open_spool(
+            self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
+        )
+        self._conn = conn
+        if max_bytes is not None:
+            try:
+                self._bytes = self._count_bytes(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise _storage.translate(exc, self._path, "open") from exc
+        _fork.register(self)
+
+    def _reset_process_state(self) -> None:
+        """Per-process state: fresh locks, no connections, no thread (init and after fork)."""
+        self._lock = threading.Lock()
+        self._ckpt_lock = threading.Lock()
+        self._conn = None
+        self._cursor = None
+        self._ckpt_conn = None
+        self._thread = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        # Owner tokens start with this, so dead_letter() can tell "leased by me".
+        self._instance = _token()
+        self._bytes = 0
+        self._recounted_at = 0.0
+        self._since_kick = 0
+        self._page_size = 4096
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def path(self) -> Path:
+        """Absolute path of the database file."""
+        return self._path
+
+    # ------------------------------------------------------------------ appending
+
+    def append(self, record: Union[bytes, str]) -> int:
+        """Durably append one record; returns its id once the insert has committed."""
+        data = _encode(record)
+        with self._lock:
+            cur = self._cursor
+            if cur is None:
+                cur = self._activate()
+            if self._max_bytes is not None:
+                self._reserve(len(data))
+            try:
+                cur.execute(_INSERT, (data,))
+            except sqlite3.Error as exc:
+                raise _storage.translate(exc, self._path, "append") from exc
+            self._since_kick += 1
+            if self._since_kick >= _CHECKPOINT_EVERY:
+                self._since_kick = 0
+                self._wake.set()
+            return cast(int, cur.lastrowid)
+
+    def append_many(self, records: Iterable[Union[bytes, str]]) -> list[int]:
+        """Append several records in one transaction; all or none are stored."""
+        datas = [_encode(r) for r in records]
+        if not datas:
+            return []
+
+        def txn(conn: sqlite3.Connection) -> list[int]:
+            if self._max_bytes is not None:
+                self._reserve(sum(len(d) for d in datas))
+            cur = conn.cursor()
+            ids = []
+            for data in datas:
+                cur.execute(_INSERT, (data,))
+                ids.append(cast(int, cur.lastrowid))
+            self._since_kick += len(ids)  # under self._lock, like append()
+            return ids
+
+        return self._write("append_many", txn)
+
+    def _reserve(self, nbytes: int) -> None:
+        """Raise SpoolFull if ``nbytes`` more would exceed max_bytes (caller holds the lock)."""
+        limit = cast(int, self._max_bytes)
+        if self._bytes + nbytes <= limit:
+            self._bytes += nbytes
+            return
+        # The counter may be stale (other processes ack too): recount, but rate-limited
+        # so a genuinely full spool doesn't turn every append into a table scan.
+        now = time.monotonic()
+        if now - self._recounted_at >= _RECOUNT_INTERVAL:
+            self._recounted_at = now
+            try:
+                self._bytes = self._count_bytes(cast(sqlite3.Connection, self._conn))
+            except sqlite3.Error as exc:
+                raise _storage.translate(exc, self._path, "append") from exc
+        if self._bytes + nbytes > limit:
+            raise SpoolFull(
+                f"spool {self._path} is full: {self._bytes} + {nbytes} bytes > max_bytes={limit}"
+            )
+        self._bytes += nbytes
+
+    @staticmethod
+    def _count_bytes(conn: sqlite3.Connection) -> int:
+        row = conn.execute(_COUNT_BYTES).fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ claiming
+
+    def claim(
+        self, max_records: int, *, max_bytes: Optional[int] = None, lease: float = 60.0
+    ) -> Optional[Batch]:
+        """Lease the oldest available records, or None when nothing is claimable.
+
+        A released or expired batch is handed out again first, whole and with its key;
+        otherwise up to ``max_records`` pending records (and up to ``max_bytes``, but
+        always at least one) become a new batch.
+        """
+        if max_records < 1:
+            raise ValueError("max_records must be >= 1")
+        owner = f"{self._instance}.{_token()}"
+
+        def txn(conn: sqlite3.Connection) -> Optional[Batch]:
+            now = time.time()
+            batch = self._reclaim(conn, owner, now, now + lease)
+            if batch is None:
+                batch = self._claim_fresh(conn, max_records, max_bytes, owner, now + lease)
+            return batch
+
+        return self._write("claim", txn)
+
+    @staticmethod
+    def _reclaim(
+        conn: sqlite3.Connection, owner: str, now: float, until: float
+    ) -> Optional[Batch]:
+        """Re-lease the oldest released/expired batch, whole, with its key (or None)."""
+        while True:
+            row = conn.execute(_FIND_GROUP, (now,)).fetchone()
+            if row is None:
+                return None
+            key, first, last = str(row[0]), int(row[1]), int(row[2])
+            rows = conn.execute(_RANGE, (first, last)).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE batches SET status = ?, owner = ?, until = ? WHERE key = ?",
+                    (_LEASED, owner, until, key),
+                )
+                return Batch(key, _records(rows), owner)
+            # Every row was dead-lettered and the batch never acked: drop the husk.
+            conn.execute("DELETE FROM batches WHERE key = ?", (key,))
+
+    @staticmethod
+    def _claim_fresh(
+        conn: sqlite3.Connection,
+        max_records: int,
+        max_bytes: Optional[int],
+        owner: str,
+        until: float,
+    ) -> Optional[Batch]:
+        # Un-batched rows are exactly those above every batch's range (see the schema).
+        floor = int(conn.execute("SELECT coalesce(max(last_id), 0) FROM batches").fetchone()[0])
+        rows = conn.execute(_FRESH, (floor, max_records)).fetchall()
+        if not rows:
+            return None
+        if max_bytes is not None:
+            rows = _cap_bytes(rows, max_bytes)
+        key = str(uuid.uuid4())
+        conn.execute(
+            "INSERT INTO batches(key, first_id, last_id, status, owner, until)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key, rows[0][0], rows[-1][0], _LEASED, owner, until),
+        )
+        return Batch(key, _records(rows), owner)
+
+    def renew(self, batch: Batch, *, lease: float = 60.0) -> bool:
+        """Extend my lease on ``batch``; False if it was lost (re-claimed, acked, split)."""
+
+        def txn(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE batches SET until = ? WHERE key = ? AND owner = ? AND status = ?",
+                (time.time() + lease, batch.key, batch.owner, _LEASED),
+            ).rowcount
+
+        return self._write("renew", txn) > 0
+
+    def ack(self, batch: Batch) -> int:
+        """Delete exactly this batch's rows (key and owner must match); returns count."""
+
+        def txn(conn: sqlite3.Connection) -> int:
+            span = _owned_span(conn, batch)
+            if span is None:
+                return 0  # stale: the lease was lost and someone else holds these rows
+            conn.execute("DELETE FROM batches WHERE key = ?", (batch.key,))
+            return _delete_live(
+                conn, "id BETWEEN ? AND ? AND data IS NOT NULL", [span]
+            )
+
+        deleted = self._write("ack", txn)
+        with self._lock:
+            if deleted == len(batch):
+                self._bytes = max(0, self._bytes - batch.nbytes)
+            # Acks write WAL frames too; count them like appends so a busy flusher also
+            # wakes the checkpointer, without waking it on every single batch.
+            self._since_kick += deleted
+            if self._since_kick >= _CHECKPOINT_EVERY:
+                self._since_kick = 0
+                self._wake.set()
+        return deleted
+
+    def release(self, batch: Batch, *, delay: float = 0.0) -> None:
+        """Give ``batch`` back (same key, same group); unclaimable for ``delay`` seconds."""
+
+        def txn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE batches SET status = ?, owner = NULL, until = ?"
+                " WHERE key = ? AND owner = ?",
+                (_PENDING, time.time() + max(0.0, delay), batch.key, batch.owner),
+            )
+
+        self._write("release", txn)
+
+    def split(self, batch: Batch) -> tuple[Batch, Batch]:
+        """Split into two halves with fresh keys, still leased by me (same owner/lease).
+
+        If the lease was already lost nothing changes in the file and the halves are inert:
+        ack() on them returns 0 and renew() returns False.
+        """
+        if len(batch) < 2:
+            raise ValueError("cannot split a batch of fewer than 2 records")
+        half = len(batch) // 2
+        first = Batch(str(uuid.uuid4()), batch.records[:half], batch.owner)
+        second = Batch(str(uuid.uuid4()), batch.records[half:], batch.owner)
+
+        def txn(conn: sqlite3.Connection) -> None:
+            span = _owned_span(conn, batch)
+            if span is None:
+                return
+            conn.execute(
+                "INSERT INTO batches(key, first_id, last_id, status, owner, until)"
+                " SELECT ?, ?, ?, status, owner, until FROM batches WHERE key = ?"
+                " UNION ALL"
+                " SELECT ?, ?, ?, status, owner, until FROM batches WHERE key = ?",
+                (first.key, span[0], second.records[0].id - 1, batch.key,
+                 second.key, second.records[0].id, span[1], batch.key),
+            )
+            conn.execute("DELETE FROM batches WHERE key = ?", (batch.key,))
+
+        self._write("split", txn)
+        return first, second
+
+    # ------------------------------------------------------------------ dead letters
+
+    def dead_letter(self, records: Sequence[Record], reason: str) -> int:
+        """Move these rows (which must be leased by this Spool) aside; returns count moved."""
+        ids = sorted({r.id for r in records})
+        if not ids:
+            return 0
+        prefix = self._instance + "."
+
+        def txn(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            mine = [(i, i, i, _LEASED, len(prefix), prefix) for i in ids]
+            conn.executemany(
+                "INSERT INTO dead_letters(id, data, reason, failed_at)"
+                " SELECT id, data, ?, ? FROM records WHERE id = ? AND data IS NOT NULL"
+                f" AND {_LEASED_BY_ME}",
+                [(reason, now, *m) for m in mine],
+            )
+            return _delete_live(conn, f"id = ? AND data IS NOT NULL AND {_LEASED_BY_ME}", mine)
+
+        return self._write("dead_letter", txn)
+
+    def dead_letters(self, limit: Optional[int] = None) -> list[DeadLetter]:
+        """Dead-lettered records, oldest id first."""
+
+        def read(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT id, data, reason, failed_at FROM dead_letters ORDER BY id LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+            return [DeadLetter(int(i), bytes(d), str(r), float(t)) for i, d, r, t in rows]
+
+        return self._read("dead_letters", read)
+
+    def requeue_dead(self, ids: Optional[Iterable[int]] = None) -> int:
+        """Put dead letters back as pending records (new ids, at the tail); all when None."""
+        wanted = None if ids is None else sorted(set(ids))
+
+        def txn(conn: sqlite3.Connection) -> int:
+            if wanted is None:
+                conn.execute("INSERT INTO records(data) SELECT data FROM dead_letters ORDER BY id")
+                return conn.execute("DELETE FROM dead_letters").rowcount
+            conn.executemany(
+                "INSERT INTO records(data) SELECT data FROM dead_letters WHERE id = ?",
+                [(i,) for i in wanted],
+            )
+            return conn.executemany(
+                "DELETE FROM dead_letters WHERE id = ?", [(i,) for i in wanted]
+            ).rowcount
+
+        return self._write("requeue_dead", txn)
+
+    def purge_dead(self, ids: Optional[Iterable[int]] = None) -> int:
+        """Delete dead letters for good; all when ``ids`` is None. Returns count deleted."""
+        wanted = None if ids is None else sorted(set(ids))
+
+        def txn(conn: sqlite3.Connection) -> int:
+            if wanted is None:
+                return conn.execute("DELETE FROM dead_letters").rowcount
+            return conn.executemany(
+                "DELETE FROM dead_letters WHERE id = ?", [(i,) for i in wanted]
+            ).rowcount
+
+        purged = self._write("purge_dead", txn)
+        self._wake.set()
+        return purged
+
+    # ------------------------------------------------------------------ inspection
+
+    def pending_through(self, last_id: int) -> int:
+        """Live (pending or leased, not dead) records with ``id <= last_id``."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            live = conn.execute("SELECT count(*) FROM records WHERE id <= ?", (last_id,))
+            n = int(live.fetchone()[0])
+            tomb = conn.execute(_TOMBSTONE).fetchone()
+            return n - 1 if tomb is not None and tomb[0] <= last_id else n
+
+        return self._read("pending_through", read)
+
+    def last_id(self) -> int:
+        """Highest id ever assigned in this file (0 when none)."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            # The top row is never deleted (it becomes a tombstone), so max(id) is the
+            # highest id ever assigned.
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0])
+
+        return self._read("last_id", read)
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of counts, sizes and the age of the oldest live record."""
+
+        def read(conn: sqlite3.Connection) -> Stats:
+            now = time.time()
+            live, live_bytes, oldest = conn.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0), min(created) FROM records"
+            ).fetchone()
+            if conn.execute(_TOMBSTONE).fetchone() is not None:
+                live -= 1
+            leased = conn.execute(
+                "SELECT coalesce(sum((SELECT count(data) FROM records"
+                " WHERE id BETWEEN b.first_id AND b.last_id)), 0)"
+                " FROM batches AS b WHERE b.status = ? AND b.until > ?",
+                (_LEASED, now),
+            ).fetchone()[0]
+            dead, dead_bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM dead_letters"
+            ).fetchone()
+            return Stats(
+                pending=int(live) - int(leased),
+                leased=int(leased),
+                dead=int(dead),
+                total_bytes=int(live_bytes) + int(dead_bytes),
+                oldest_age=None if oldest is None else max(0.0, now - float(oldest)),
+                file_bytes=self._file_bytes(),
+            )
+
+        return self._read("stats", read)
+
+    def _file_bytes(self) -> int:
+        total = 0
+        for p in (self._path, _storage.side_file(self._path, "-wal")):
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> None:
+        """Run a PASSIVE WAL checkpoint on the checkpoint connection (never the appender)."""
+        with self._lock:
+            self._activate_if_needed()
+        try:
+            self._checkpoint_once()
+        except sqlite3.Error as exc:
+            raise _storage.translate(exc, self._path, "checkpoint") from exc
+
+    def _checkpoint_once(self) -> int:
+        """One PASSIVE checkpoint; returns the WAL size in bytes it saw (frames x page)."""
+        with self._ckpt_lock:
+            conn = self._ckpt_conn
+            if conn is None:
+                if self._closed:
+                    raise SpoolError(f"spool {self._path} is closed")
+                conn = _storage.connect(
+                    self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
+                )
+                self._ckpt_conn = conn
+                self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return max(0, int(row[1])) * self._page_size
+
+    def _background_tick(self) -> None:
+        # The unlocked pass copies the bulk while appends continue. But SQLite only restarts
+        # (reuses, truncates) the WAL when a writer starts with *every* frame copied back,
+        # and with a steady trickle of appends some always land during the pass, so the WAL
+        # would grow forever. Once it is big enough to matter, a second pass holds our
+        # writer lock: in-process appenders wait on a Python lock while the frames written
+        # meanwhile are copied (~1 ms for a trickle of appends, 10-30 ms after a tight
+        # loop of them), and the next append restarts the WAL.
+        # Other processes' writers aren't blocked; their own checkpointers do the same.
+        if self._checkpoint_once() >= _WAL_RESTART_BYTES and not self._stop.is_set():
+            with self._lock:
+                if not self._closed:
+                    self._checkpoint_once()
+        if self._max_bytes is not None:
+            with self._ckpt_lock:
+                conn = self._ckpt_conn
+                if conn is not None:
+                    self._bytes = self._count_bytes(conn)  # picks up other processes' writes
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop the checkpointer and close this process's connections (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._cursor = None
+            thread = self._thread
+            self._thread = None
+        self._stop.set()
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(5.0, self._busy_timeout))
+        with self._ckpt_lock:
+            ckpt, self._ckpt_conn = self._ckpt_conn, None
+        with self._lock:
+            conn, self._conn = self._conn, None
+        for c in (ckpt, conn):
+            if c is not None:
+                try:
+                    c.close()
+                except sqlite3.Error as exc:
+                    log.debug("closing spool connection failed: %s", exc)
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Spool {str(self._path)!r} {state}>"
+
+    # ------------------------------------------------------------------ internals
+
+    def _activate(self) -> sqlite3.Cursor:
+        """Make the writer usable in this process (caller holds ``self._lock``)."""
+        if self._closed:
+            raise SpoolError(f"spool {self._path} is closed")
+        if self._conn is None:  # first use after fork(): never touch the parent's handle
+            try:
+                self._conn = _storage.connect(
+                    self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
+                )
+            except sqlite3.Error as exc:
+                raise _storage.translate(exc, self._path, "reopen") from exc
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=_checkpoint_loop,
+                args=(weakref.ref(self), self._wake, self._stop, self._interval),
+                name=f"spool-checkpoint:{self._path.name}",
+                daemon=True,
+            )
+            self._thread.start()
+        self._cursor = self._conn.cursor()
+        return self._cursor
+
+    def _activate_if_needed(self) -> sqlite3.Connection:
+        if self._cursor is None:
+            self._activate()
+        return cast(sqlite3.Connection, self._conn)
+
+    def _write(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT on the writer connection."""
+        with self._lock:
+            conn = self._activate_if_needed()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _storage.translate(exc, self._path, op) from exc
+            return result
+
+    def _read(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one short read transaction (a consistent snapshot)."""
+        with self._lock:
+            conn = self._activate_if_needed()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _storage.translate(exc, self._path, op) from exc
+
+    # fork hooks (see _fork.py) -------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+        self._ckpt_lock.acquire()
+
+    def _after_fork_parent(self) -> None:
+        self._ckpt_lock.release()
+        self._lock.release()
+
+    def _after_fork_child(self) -> None:
+        _fork.leak(self._cursor, self._conn, self._ckpt_conn)
+        self._reset_process_state()
+
+
+def _delete_live(
+    conn: sqlite3.Connection, where: str, params: Sequence[tuple[object, ...]]
+) -> int:
+    """DELETE live records matching ``where``, but keep the id high-water mark.
+
+    If the row with the highest id is among them it becomes the tombstone instead (see
+    the schema), and the previous tombstone, now redundant, is removed.
+    """
+    top = int(conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0])
+    deleted = conn.executemany(f"DELETE FROM records WHERE {where}", params).rowcount
+    if deleted and top and conn.execute(
+        "SELECT 1 FROM records WHERE id = ?", (top,)
+    ).fetchone() is None:
+        old = conn.execute(_TOMBSTONE).fetchone()
+        if old is not None:
+            conn.execute("DELETE FROM records WHERE id = ? AND data IS NULL", (old[0],))
+        conn.execute("INSERT INTO records(id, data, created) VALUES (?, NULL, NULL)", (top,))
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('tombstone', ?)", (top,)
+        )
+    return deleted
+
+
+def _records(rows: list[tuple[int, bytes]]) -> tuple[Record, ...]:
+    return tuple(Record(i, d) for i, d in rows)
+
+
+def _owned_span(conn: sqlite3.Connection, batch: Batch) -> Optional[tuple[int, int]]:
+    """The id range of ``batch`` if this exact claim (key and owner) still holds it."""
+    row = conn.execute(
+        "SELECT first_id, last_id FROM batches WHERE key = ? AND owner = ?",
+        (batch.key, batch.owner),
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def _cap_bytes(rows: list[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
+    """Longest prefix within ``max_bytes``, but never empty."""
+    total = 0
+    for n, (_, data) in enumerate(rows):
+        total += len(data)
+        if total > max_bytes:
+            return rows[: max(1, n)]
+    return rows
+
+
+def _checkpoint_loop(
+    ref: weakref.ref[Spool], wake: threading.Event, stop: threading.Event, interval: float
+) -> None:
+    """Background checkpointer; holds only a weak reference so a dropped Spool can die."""
+    while not stop.is_set():
+        wake.wait(interval)
+        wake.clear()
+        spool = ref()
+        if spool is None or stop.is_set():
+            return
+        try:
+            spool._background_tick()
+        except Exception as exc:  # keep the thread alive: the next tick may well succeed
+            log.debug("spool checkpoint failed: %s", exc)
+        del spool

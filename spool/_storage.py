@@ -1,0 +1,295 @@
+"""File-level work: permissions, connections, schema migration, corrupt-file recovery.
+
+Nothing here runs on the append hot path; the only ``filelock`` use lives here and is
+reserved for coarse, rare work (creating/migrating the schema, moving a bad file aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import filelock
+
+from ._errors import SpoolCorrupt, SpoolError, SpoolFull
+
+log = logging.getLogger("spool")
+
+# SQLite primary result codes we translate (extended codes share the low byte).
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+# After a checkpoint lets the WAL restart, the first commit truncates the file back to this
+# size. Truncating costs the appender ~1 ms per MB freed, so the limit sits above the WAL's
+# steady-state size (the checkpointer forces a restart once ~16 MB of frames pile up) and
+# only bites after a spike, e.g. while a long reader held checkpoints back.
+JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
+
+SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+# One entry per schema version; user_version == len(MIGRATIONS) when current.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # Ids must never be reused. AUTOINCREMENT would do it but writes sqlite_sequence on
+        # every insert (a second WAL page per append: ~2x the append cost and WAL volume).
+        # Instead the row holding the highest id is never deleted: when it must go it is
+        # turned into a tombstone (data and created NULL, its id kept in ``meta``), so
+        # SQLite's max(rowid)+1 keeps climbing. Live rows are those with data NOT NULL.
+        """CREATE TABLE records (
+            id INTEGER PRIMARY KEY,
+            data BLOB,
+            created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+        )""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER)",
+        # A batch owns the contiguous id range [first_id, last_id]: claims always take the
+        # oldest un-batched rows, so un-batched rows all sit above every batch's range and
+        # ranges never overlap. Claim/ack then touch one row here plus a range of records
+        # instead of rewriting 500 rows. ``until``: lease expiry (leased) or the time a
+        # released batch becomes claimable again (pending).
+        """CREATE TABLE batches (
+            key TEXT PRIMARY KEY,
+            first_id INTEGER NOT NULL,
+            last_id INTEGER NOT NULL,
+            status INTEGER NOT NULL,
+            owner TEXT,
+            until REAL NOT NULL
+        )""",
+        "CREATE INDEX batches_first ON batches(first_id)",
+        """CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY,
+            data BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            failed_at REAL NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def error_code(exc: BaseException) -> Optional[int]:
+    """The primary SQLite result code of ``exc`` (from the code or, pre-3.11, the message)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    msg = str(exc).lower()
+    if "not a database" in msg:
+        return _SQLITE_NOTADB
+    if "malformed" in msg:
+        return _SQLITE_CORRUPT
+    if "database or disk is full" in msg:
+        return _SQLITE_FULL
+    return None
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """True when ``exc`` says the file is not a usable database."""
+    return error_code(exc) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def translate(exc: BaseException, path: Path, op: str) -> SpoolError:
+    """Map a sqlite3/OS exception to the public hierarchy (callers ``raise ... from exc``)."""
+    if isinstance(exc, SpoolError):
+        return exc
+    code = error_code(exc)
+    if code == _SQLITE_FULL:
+        return SpoolFull(f"{op}: disk full for spool {path}: {exc}")
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return SpoolCorrupt(f"{op}: spool {path} is corrupt: {exc}")
+    return SpoolError(f"{op} failed for spool {path}: {exc}")
+
+
+def prepare_path(path: Path) -> None:
+    """Create the directory (0700) and the db file (0600) before SQLite sees them.
+
+    SQLite creates -wal/-shm with the main file's permission bits, so creating the main
+    file ourselves with 0600 keeps the side files private regardless of the umask.
+    """
+    try:
+        if not path.parent.is_dir():
+            os.makedirs(path.parent, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise SpoolError(f"cannot create spool file {path}: {exc}") from exc
+
+
+def secure_side_files(path: Path) -> None:
+    """Belt and braces: force 0600 on the db and its side files (ignore ones we can't touch)."""
+    for p in (path, side_file(path, "-wal"), side_file(path, "-shm")):
+        with contextlib.suppress(OSError):
+            if p.exists() and (p.stat().st_mode & 0o777) != 0o600:
+                os.chmod(p, 0o600)
+
+
+def side_file(path: Path, suffix: str) -> Path:
+    """``<db>-wal`` / ``<db>-shm`` next to ``path``."""
+    return path.with_name(path.name + suffix)
+
+
+def connect(path: Path, *, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    """Open one connection with the spool's pragmas (raises sqlite3 errors untranslated)."""
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; check_same_thread=False:
+    # the Spool serialises use with its own lock.
+    conn = sqlite3.connect(
+        str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise SpoolError(f"cannot put spool {path} in WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        # Checkpoints run on a separate background connection, never on an appender.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextlib.contextmanager
+def coarse_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Cross-process lock for schema work and recovery (never used per record)."""
+    lock = filelock.FileLock(str(path) + ".lock", timeout=timeout, mode=0o600)
+    try:
+        with lock:
+            yield
+    except filelock.Timeout as exc:
+        raise SpoolError(f"timed out waiting for {path}.lock: {exc}") from exc
+
+
+def ensure_schema(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
+    """Create or migrate the schema forward; the common case is one cheap pragma read."""
+    if _user_version(conn) == SCHEMA_VERSION:
+        probe(conn)
+        return
+    with coarse_lock(path, timeout):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = _user_version(conn)
+            if version > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {path} has schema v{version}, newer than supported v{SCHEMA_VERSION}"
+                )
+            for steps in MIGRATIONS[version:]:
+                for sql in steps:
+                    conn.execute(sql)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    probe(conn)
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def probe(conn: sqlite3.Connection) -> None:
+    """Touch schema and table pages so a damaged file fails here, at open, not mid-run."""
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    conn.execute("SELECT max(id) FROM records").fetchone()
+    conn.execute("SELECT count(*) FROM batches").fetchone()
+    conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+
+
+def open_spool(
+    path: Path, *, busy_timeout: float, synchronous: str
+) -> tuple[sqlite3.Connection, Optional[Path]]:
+    """Open (creating/migrating/recovering as needed); returns the connection and the
+    path the corrupt file was moved to, if recovery happened."""
+    prepare_path(path)
+    problem = header_problem(path)
+    if problem is None:
+        try:
+            return _open_checked(path, busy_timeout, synchronous), None
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise translate(exc, path, "open") from exc
+            problem = str(exc)
+    moved = _recover(path, busy_timeout, synchronous, problem)
+    try:
+        return _open_checked(path, busy_timeout, synchronous), moved
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "open after recovery") from exc
+
+
+def header_problem(path: Path) -> Optional[str]:
+    """Why the first 100 bytes can't be an SQLite header, or None if they can.
+
+    Checked in Python *before* SQLite opens the file: on a garbage file SQLite may
+    replay, checkpoint or delete the -wal while failing, destroying evidence we keep.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    if not head:
+        return None  # empty: SQLite initialises it
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return "not an SQLite database (bad magic)"
+    page_size = int.from_bytes(head[16:18], "big")
+    if page_size != 1 and (page_size < 512 or page_size & (page_size - 1)):
+        return f"not an SQLite database (page size {page_size})"
+    if head[18] not in (1, 2) or head[19] not in (1, 2) or head[21:24] != b"\x40\x20\x20":
+        return "not an SQLite database (bad header fields)"
+    return None
+
+
+def _open_checked(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    conn = connect(path, busy_timeout=busy_timeout, synchronous=synchronous)
+    try:
+        ensure_schema(conn, path, busy_timeout)
+    except BaseException:
+        conn.close()
+        raise
+    secure_side_files(path)
+    return conn
+
+
+def _recover(path: Path, busy_timeout: float, synchronous: str, problem: str) -> Optional[Path]:
+    """Move a corrupt file (and side files) aside under the coarse lock; never delete it."""
+    with coarse_lock(path, busy_timeout):
+        # Another process may have recovered it while we waited for the lock.
+        if header_problem(path) is None:
+            try:
+                _open_checked(path, busy_timeout, synchronous).close()
+                return None
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise translate(exc, path, "open") from exc
+        try:
+            moved = _move_aside(path)
+        except OSError as exc:
+            raise SpoolCorrupt(
+                f"spool {path} is corrupt ({problem}) and could not be moved aside: {exc}"
+            ) from exc
+        prepare_path(path)
+    log.warning("spool %s was corrupt (%s); moved it to %s and started a fresh spool",
+                path, problem, moved)
+    return moved
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = side_file(path, suffix)
+        if side.exists():
+            os.replace(side, side_file(target, suffix))
+    return target

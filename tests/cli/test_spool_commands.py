@@ -1,0 +1,225 @@
+"""replay, status and dead-letters against a real dev server and real spool files."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pytest
+import segops
+from clihelp import SECRET, Runner, event, pending, seed, server_ids
+from segops.devserver import DevServer
+
+
+@pytest.fixture
+def spool_file(tmp_path: Path) -> Path:
+    """A spool path under tmp_path (not created)."""
+    return tmp_path / "rescue.sqlite3"
+
+
+def test_replay_drains_a_spool(cli: Runner, server: DevServer, spool_file: Path) -> None:
+    """replay delivers every spooled event once, reports it in JSON, exits 0."""
+    ids = seed(spool_file, 1200)
+    result = cli("replay", "--spool", str(spool_file), "--json")
+    assert result.code == 0, result.err
+    summary = result.json()
+    assert summary["delivered"] == 1200
+    assert summary["left"] == 0 and summary["ok"] is True
+    assert sorted(server_ids(server)) == sorted(ids)
+    assert pending(spool_file) == 0
+
+
+def test_replay_plain_summary(cli: Runner, server: DevServer, spool_file: Path) -> None:
+    """Without --json (and not on a TTY) replay prints one plain summary line."""
+    seed(spool_file, 3)
+    result = cli("replay", "--spool", str(spool_file))
+    assert result.code == 0, result.err
+    assert result.out.strip().splitlines() == [
+        line for line in result.out.strip().splitlines() if line.startswith("segops replay:")
+    ]
+    assert "delivered 3 event(s)" in result.out and "0 left" in result.out
+
+
+def test_replay_uses_the_default_spool(cli: Runner, server: DevServer, spool_dir: Path) -> None:
+    """Without --spool, replay drains the spool the library uses for that url/key."""
+    path = spool_dir / segops._paths.spool_name(server.url, SECRET)
+    ids = seed(path, 5)
+    result = cli("replay")
+    assert result.code == 0, result.err
+    assert sorted(server_ids(server)) == sorted(ids)
+
+
+def test_replay_with_server_down(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """Server unreachable: exit 1, the reason on stderr, every event still spooled."""
+    seed(spool_file, 40)
+    server.stop()
+    result = cli("replay", "--spool", str(spool_file))
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert len(result.err_lines) == 1
+    assert "40 event(s) left" in result.err and "unreachable" in result.err
+    assert pending(spool_file) == 40
+
+
+def test_replay_with_rejected_key(
+    cli: Runner, server: DevServer, spool_file: Path, env: Dict[str, str]
+) -> None:
+    """A wrong key: exit 1, says the key was refused (redacted), events kept."""
+    seed(spool_file, 4)
+    wrong = "sk_wrong_key_abcdef123456"
+    result = cli("replay", "--spool", str(spool_file), env={**env, "SEGOPS_API_KEY": wrong})
+    assert result.code == 1
+    assert "refused the API key" in result.err and "HTTP 401" in result.err
+    assert wrong not in result.err + result.out
+    assert pending(spool_file) == 4
+
+
+def test_replay_of_missing_spool_creates_nothing(cli: Runner, spool_file: Path) -> None:
+    """replay/status on a path with no spool exit 2 and do not create a file."""
+    for args in (["replay"], ["status"], ["dead-letters", "list"]):
+        result = cli(*args, "--spool", str(spool_file))
+        assert result.code == 2
+        assert "no spool at" in result.err
+    assert not spool_file.exists()
+
+
+def test_replay_races_a_live_client(cli: Runner, server: DevServer, spool_file: Path) -> None:
+    """replay while a live client tracks and flushes on the same spool: each event stored once."""
+    old = seed(spool_file, 3000, prefix="old")
+    client = segops.SegOpsClient(server.url, SECRET, spool_path=spool_file, flush_interval=0.05)
+    live = [f"live-{i}" for i in range(1500)]
+    server.latency_ms = 5.0  # keep both senders busy at the same time
+
+    def track() -> None:
+        for demo_id in live:
+            client.track(event(demo_id))
+
+    tracker = threading.Thread(target=track)
+    tracker.start()
+    result = cli("replay", "--spool", str(spool_file), "--json")
+    tracker.join()
+    client.flush(timeout=30)
+    client.shutdown()
+    assert result.code == 0, result.err
+    counts = Counter(server_ids(server))
+    assert set(counts) == set(old) | set(live)
+    assert max(counts.values()) == 1
+    assert pending(spool_file) == 0
+
+
+def test_status_json_and_text(cli: Runner, spool_file: Path) -> None:
+    """status reports pending, dead letters, oldest age and size, as text and JSON."""
+    seed(spool_file, 7)
+    data = cli("status", "--spool", str(spool_file), "--json")
+    assert data.code == 0
+    report = data.json()
+    assert report["pending"] == 7 and report["leased"] == 0 and report["dead_letters"] == 0
+    assert report["oldest_age_seconds"] >= 0 and report["file_bytes"] > 0
+    text = cli("status", "--spool", str(spool_file))
+    assert text.code == 0
+    assert "pending       7" in text.out and "oldest event" in text.out
+
+
+def test_status_all_lists_every_spool(cli: Runner, spool_dir: Path) -> None:
+    """status --all lists each *.sqlite3 spool in SEGOPS_SPOOL_DIR."""
+    seed(spool_dir / "a.sqlite3", 2)
+    seed(spool_dir / "b.sqlite3", 3)
+    result = cli("status", "--all", "--json")
+    assert result.code == 0
+    rows = {Path(r["spool"]).name: r["pending"] for r in result.json()["spools"]}
+    assert rows == {"a.sqlite3": 2, "b.sqlite3": 3}
+    table = cli("status", "--all")
+    assert "a.sqlite3" in table.out and "PENDING" in table.out
+
+
+def test_status_all_with_no_spools(cli: Runner, spool_dir: Path) -> None:
+    """status --all on an empty/missing spool dir says so and exits 0."""
+    result = cli("status", "--all")
+    assert result.code == 0
+    assert "no spools in" in result.out
+    assert not spool_dir.exists()
+
+
+def poison(item: Dict[str, Any]) -> Optional[str]:
+    """reject_when hook: refuse events whose payload says poison."""
+    return "poison event refused" if item.get("payload", {}).get("poison") else None
+
+
+@pytest.fixture
+def with_dead_letter(cli: Runner, server: DevServer, spool_file: Path) -> Path:
+    """A spool whose one poison event the server refused: 4 delivered, 1 dead letter."""
+    server.reject_when = poison
+    lines = [event(f"ok-{i}") for i in range(4)]
+    lines.insert(2, event("bad", poison=True))
+    stdin = "\n".join(json.dumps(x) for x in lines) + "\n"
+    result = cli("track", "--jsonl", "-", "--spool", str(spool_file), stdin=stdin)
+    assert result.code == 0, result.err
+    assert sorted(server_ids(server)) == [f"ok-{i}" for i in range(4)]
+    return spool_file
+
+
+def test_dead_letters_list(cli: Runner, with_dead_letter: Path) -> None:
+    """dead-letters list shows id, the server's reason, when, and the event."""
+    result = cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json")
+    assert result.code == 0
+    (letter,) = result.json()
+    assert "poison event refused" in letter["reason"] and "400" in letter["reason"]
+    assert letter["event"]["payload"]["demo_id"] == "bad"
+    assert letter["failed_at"].endswith("Z")
+    text = cli("dead-letters", "list", "--spool", str(with_dead_letter))
+    assert text.code == 0 and "poison event refused" in text.out and '"bad"' in text.out
+    status = cli("status", "--spool", str(with_dead_letter), "--json").json()
+    assert status["dead_letters"] == 1 and status["pending"] == 0
+
+
+def test_dead_letters_retry(cli: Runner, server: DevServer, with_dead_letter: Path) -> None:
+    """retry while the server still refuses: exit 1; after the fix: delivered, exit 0."""
+    again = cli("dead-letters", "retry", "--spool", str(with_dead_letter))
+    assert again.code == 1
+    assert "rejected again" in again.err
+    server.reject_when = None
+    fixed = cli("dead-letters", "retry", "--spool", str(with_dead_letter), "--json")
+    assert fixed.code == 0, fixed.err
+    assert fixed.json()["delivered"] == 1
+    assert sorted(server_ids(server)) == sorted(["bad"] + [f"ok-{i}" for i in range(4)])
+    empty = cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json")
+    assert empty.json() == []
+
+
+@pytest.mark.parametrize("select", [[], ["--id", "3"]])
+def test_dead_letters_purge(cli: Runner, with_dead_letter: Path, select: list) -> None:
+    """purge refuses without --yes (exit 2, nothing deleted), then deletes with it."""
+    refused = cli("dead-letters", "purge", "--spool", str(with_dead_letter), *select)
+    assert refused.code == 2 and "--yes" in refused.err and len(refused.err_lines) == 1
+    listed = cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json").json()
+    assert len(listed) == 1
+    ids = ["--id", str(listed[0]["id"])] if select else []
+    done = cli("dead-letters", "purge", "--spool", str(with_dead_letter), *ids, "--yes", "--json")
+    assert done.code == 0
+    assert done.json()["purged"] == 1
+    assert cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json").json() == []
+
+
+def test_replay_with_public_key(
+    cli: Runner, server: DevServer, spool_file: Path, env: Dict[str, str]
+) -> None:
+    """A pk_ key replays through the session handshake as --user-id (documented caveat)."""
+    seed(spool_file, 3)
+    pk_env = {**env, "SEGOPS_API_KEY": server.public_key}
+    result = cli("replay", "--spool", str(spool_file), "--user-id", "ops-1", env=pk_env)
+    assert result.code == 0, result.err
+    assert {e["user_id"] for e in server.events()} == {"ops-1"}
+    assert server.stats()["tokens_minted"] == 1
+
+
+def test_replay_of_an_empty_spool(cli: Runner, spool_file: Path) -> None:
+    """replay on an existing but empty spool says there is nothing to send, exit 0."""
+    seed(spool_file, 0)
+    result = cli("replay", "--spool", str(spool_file))
+    assert result.code == 0, result.err
+    assert "nothing to send" in result.out

@@ -1,0 +1,178 @@
+"""track from shell scripts, the mounted dev-server command, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from clihelp import REPO, SECRET, Runner, event, pending, server_ids
+from segops.devserver import DevServer
+
+
+@pytest.fixture
+def spool_file(tmp_path: Path) -> Path:
+    """A spool path under tmp_path (not created)."""
+    return tmp_path / "edge.sqlite3"
+
+
+def test_track_one_event(cli: Runner, server: DevServer, spool_file: Path) -> None:
+    """track with flags spools and delivers one event; exit 0."""
+    result = cli(
+        "track", "--user-id", "u-9", "--event-type", "door_opened",
+        "--payload", '{"demo_id": "one", "floor": 3}',
+        "--occurred-at", "2024-05-01T10:00:00Z", "--anonymous-id", "anon-1",
+        "--spool", str(spool_file),
+    )
+    assert result.code == 0, result.err
+    assert "delivered 1" in result.out
+    (stored,) = server.events()
+    assert stored["user_id"] == "u-9" and stored["event_type"] == "door_opened"
+    assert stored["payload"] == {"demo_id": "one", "floor": 3}
+    assert stored["occurred_at"] == "2024-05-01T10:00:00Z"
+    assert stored["anonymous_id"] == "anon-1"
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_track_jsonl(
+    cli: Runner, server: DevServer, spool_file: Path, tmp_path: Path, source: str
+) -> None:
+    """track --jsonl FILE|- spools every line in one go and delivers them."""
+    ids = [f"j-{i}" for i in range(50)]
+    text = "\n".join(json.dumps(event(i)) for i in ids) + "\n\n"  # a blank line is fine
+    if source == "file":
+        path = tmp_path / "events.jsonl"
+        path.write_text(text)
+        result = cli("track", "--jsonl", str(path), "--spool", str(spool_file), "--json")
+    else:
+        result = cli("track", "--jsonl", "-", "--spool", str(spool_file), "--json", stdin=text)
+    assert result.code == 0, result.err
+    summary = result.json()
+    assert summary["tracked"] == 50 and summary["delivered"] == 50 and summary["left"] == 0
+    assert sorted(server_ids(server)) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["a", "list"]', "expected a JSON object"),
+        ('{"user_id": "u"}', "event_type"),
+        ('{"user_id": "u", "event_type": "t", "occurred_at": "yesterday"}', "occurred_at"),
+        ('{"user_id": "u", "event_type": "t", "colour": "red"}', "colour"),
+        ('{"user_id": "u", "event_type": "t", "payload": [1]}', "payload"),
+    ],
+)
+def test_track_jsonl_bad_line_spools_nothing(
+    cli: Runner, server: DevServer, spool_file: Path, bad_line: str, fragment: str
+) -> None:
+    """A bad line: exit 2, one line naming the line number, nothing spooled or sent."""
+    lines = [json.dumps(event("a")), json.dumps(event("b")), bad_line, json.dumps(event("c"))]
+    result = cli("track", "--jsonl", "-", "--spool", str(spool_file), stdin="\n".join(lines))
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    assert len(result.err_lines) == 1
+    assert "line 3" in result.err and fragment in result.err
+    assert not spool_file.exists()
+    assert server.events() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--user-id", "u"], "--event-type"),
+        (["--user-id", "u", "--event-type", "t", "--payload", "{oops"], "not valid JSON"),
+        (["--user-id", "u", "--event-type", "t", "--payload", "[1]"], "JSON object"),
+        (["--user-id", "u", "--event-type", "t", "--occurred-at", "noon"], "occurred_at"),
+        (["--jsonl", "-", "--user-id", "u"], "cannot be combined"),
+        (["--jsonl", "/nonexistent/events.jsonl"], "cannot read"),
+    ],
+)
+def test_track_bad_input(
+    cli: Runner, spool_file: Path, args: List[str], fragment: str
+) -> None:
+    """Invalid track flags: exit 2 with one line, and no spool file appears."""
+    result = cli("track", *args, "--spool", str(spool_file), stdin="")
+    assert result.code == 2
+    assert len(result.err_lines) == 1 and fragment in result.err
+    assert not spool_file.exists()
+
+
+def test_track_server_down_keeps_events(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """Server down: track still exits 0 (events are durable), says why; replay sends later."""
+    server.stop()
+    text = "\n".join(json.dumps(event(f"d-{i}")) for i in range(3))
+    result = cli("track", "--jsonl", "-", "--spool", str(spool_file), "--timeout", "1", stdin=text)
+    assert result.code == 0
+    assert "3 waiting" in result.out
+    assert "stay spooled" in result.err and "unreachable" in result.err
+    assert pending(spool_file) == 3
+    server.start()
+    replay = cli("replay", "--spool", str(spool_file))
+    assert replay.code == 0, replay.err
+    assert sorted(server_ids(server)) == ["d-0", "d-1", "d-2"]
+
+
+def test_track_default_spool_then_status(
+    cli: Runner, server: DevServer, spool_dir: Path
+) -> None:
+    """Without --spool, track and status agree on the library's default spool."""
+    server.stop()
+    result = cli("track", "--user-id", "u", "--event-type", "t", "--timeout", "0")
+    assert result.code == 0
+    status = cli("status", "--json")
+    assert status.code == 0, status.err
+    report = status.json()
+    assert report["pending"] == 1
+    assert Path(report["spool"]).parent == spool_dir
+
+
+def test_dev_server_command(base_env: Dict[str, str], tmp_path: Path) -> None:
+    """`segops dev-server` serves the API; track reaches it; SIGTERM stops it with exit 0."""
+    db = tmp_path / "dev.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segops", "dev-server", "--port", "0", "--db", str(db),
+         "--secret-key", SECRET],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env, cwd=str(REPO),
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.search(r"listening on (http://\S+)", first)
+        assert match, first
+        url = match.group(1)
+        env = {**base_env, "SEGOPS_API_URL": url, "SEGOPS_API_KEY": SECRET}
+        track = subprocess.run(
+            [sys.executable, "-m", "segops", "track", "--user-id", "u", "--event-type", "t",
+             "--spool", str(tmp_path / "s.sqlite3")],
+            capture_output=True, text=True, env=env, timeout=60, cwd=str(REPO),
+        )
+        assert track.returncode == 0, track.stderr
+        assert "delivered 1" in track.stdout
+        assert SECRET not in first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+    assert code == 0
+    with DevServer(db_path=db, secret_key=SECRET) as again:
+        assert len(again.events()) == 1
+
+
+@pytest.mark.demo
+def test_demo_end_to_end(bare_cli: Runner) -> None:
+    """`segops demo` finishes with lost 0, exit 0, and removes its temp directory."""
+    result = bare_cli("demo", "--threads", "2", "--events", "200", timeout=60)
+    assert result.code == 0, result.out + result.err
+    assert re.search(r"^\s+lost\s+0\s", result.out, re.M), result.out
+    assert re.search(r"^\s+stored twice\s+0\s", result.out, re.M)
+    assert "OK: every acknowledged event arrived exactly once." in result.out
+    tmp = re.search(r"spool (\S+)/spool\.sqlite3", result.out)
+    assert tmp and not Path(tmp.group(1)).exists()
+    assert "Traceback" not in result.err

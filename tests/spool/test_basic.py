@@ -1,0 +1,341 @@
+"""Single-process semantics of the Spool API."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import spool
+from spool import Batch, Record, Spool, SpoolError, Status
+
+
+def test_public_api_is_pinned() -> None:
+    """__all__ lists exactly the supported names."""
+    assert sorted(spool.__all__) == sorted([
+        "Batch", "DeadLetter", "Record", "Spool", "SpoolCorrupt", "SpoolError",
+        "SpoolFull", "Stats", "Status",
+    ])
+    assert int(Status.PENDING) == 0 and int(Status.LEASED) == 1
+
+
+def test_append_returns_increasing_ids_and_claim_is_fifo(sp: Spool) -> None:
+    """ids increase; claim hands out the oldest records first, str stored as UTF-8."""
+    ids = [sp.append(f"é{i}") for i in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    batch = sp.claim(3)
+    assert batch is not None
+    assert batch.ids == tuple(ids[:3])
+    assert batch.records[0] == Record(ids[0], "é0".encode())
+    assert len(batch) == 3 and batch.nbytes == sum(len(r.data) for r in batch.records)
+    rest = sp.claim(10)
+    assert rest is not None and rest.ids == tuple(ids[3:])
+    assert sp.claim(10) is None
+
+
+def test_append_many_is_one_ordered_transaction(sp: Spool) -> None:
+    """append_many returns consecutive ids in input order."""
+    ids = sp.append_many([b"a", "b", b"c"])
+    assert ids == list(range(ids[0], ids[0] + 3))
+    batch = sp.claim(10)
+    assert batch is not None and [r.data for r in batch.records] == [b"a", b"b", b"c"]
+    assert sp.append_many([]) == []
+
+
+@pytest.mark.parametrize("bad", [123, None, ["x"]])
+def test_append_rejects_non_bytes(sp: Spool, bad: object) -> None:
+    """Only bytes and str are records."""
+    with pytest.raises(TypeError):
+        sp.append(bad)  # type: ignore[arg-type]
+
+
+def test_ack_deletes_exactly_the_batch(sp: Spool) -> None:
+    """ack removes that batch's rows only and returns the count."""
+    sp.append_many([b"1", b"2", b"3", b"4"])
+    first = sp.claim(2)
+    second = sp.claim(2)
+    assert first is not None and second is not None
+    assert sp.ack(first) == 2
+    assert sp.ack(first) == 0
+    st = sp.stats()
+    assert (st.pending, st.leased) == (0, 2)
+    assert sp.ack(second) == 2
+    assert sp.stats().leased == 0 and sp.claim(5) is None
+
+
+@pytest.mark.parametrize("max_records", [1, 2, 100])
+def test_released_batch_comes_back_whole_before_newer(sp: Spool, max_records: int) -> None:
+    """A released batch is re-claimed first, whole, same key, new owner."""
+    sp.append_many([b"a", b"b", b"c"])
+    batch = sp.claim(3)
+    assert batch is not None
+    sp.append(b"newer")
+    sp.release(batch)
+    again = sp.claim(max_records)
+    assert again is not None
+    assert again.key == batch.key and again.ids == batch.ids
+    assert again.owner != batch.owner
+    newer = sp.claim(10)
+    assert newer is not None and [r.data for r in newer.records] == [b"newer"]
+
+
+def test_release_with_delay_skips_the_batch_meanwhile(sp: Spool) -> None:
+    """During the delay newer records are handed out; afterwards the old group returns."""
+    sp.append(b"old")
+    batch = sp.claim(1)
+    assert batch is not None
+    sp.append(b"new")
+    sp.release(batch, delay=0.3)
+    got = sp.claim(10)
+    assert got is not None and [r.data for r in got.records] == [b"new"]
+    assert sp.claim(10) is None
+    time.sleep(0.35)
+    back = sp.claim(10)
+    assert back is not None and back.key == batch.key and back.ids == batch.ids
+
+
+def test_expired_lease_is_reclaimed_whole_and_stale_ack_deletes_nothing(sp: Spool) -> None:
+    """After expiry the rows come back with the same key; the old owner's ack is a no-op."""
+    sp.append_many([b"x", b"y"])
+    lost = sp.claim(10, lease=0.1)
+    assert lost is not None
+    assert sp.claim(10) is None  # still leased
+    time.sleep(0.15)
+    winner = sp.claim(10)
+    assert winner is not None and winner.key == lost.key and winner.ids == lost.ids
+    assert sp.ack(lost) == 0
+    assert sp.renew(lost) is False
+    sp.release(lost)  # no effect on the winner's lease
+    assert sp.claim(10) is None
+    assert sp.ack(winner) == 2
+
+
+def test_renew_extends_the_lease(sp: Spool) -> None:
+    """renew keeps a batch from expiring."""
+    sp.append(b"r")
+    batch = sp.claim(1, lease=0.2)
+    assert batch is not None
+    time.sleep(0.1)
+    assert sp.renew(batch, lease=1.0) is True
+    time.sleep(0.15)
+    assert sp.claim(1) is None
+    assert sp.ack(batch) == 1
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(25, 2), (10, 1), (1, 1), (1000, 4)])
+def test_claim_max_bytes_caps_but_returns_at_least_one(
+    sp: Spool, limit: int, expected: int
+) -> None:
+    """max_bytes bounds the batch size in bytes, never below one record."""
+    sp.append_many([b"x" * 12] * 4)
+    batch = sp.claim(10, max_bytes=limit)
+    assert batch is not None and len(batch) == expected
+    rest = sp.claim(10)
+    assert (0 if rest is None else len(rest)) == 4 - expected
+
+
+def test_split_gives_two_leased_halves_with_fresh_keys(sp: Spool) -> None:
+    """split halves keep ownership; the old key is dead; halves ack independently."""
+    ids = sp.append_many([b"1", b"2", b"3", b"4", b"5"])
+    batch = sp.claim(5)
+    assert batch is not None
+    a, b = sp.split(batch)
+    assert a.ids == tuple(ids[:2]) and b.ids == tuple(ids[2:])
+    assert len({a.key, b.key, batch.key}) == 3 and a.owner == b.owner == batch.owner
+    assert sp.claim(5) is None
+    assert sp.ack(batch) == 0
+    assert sp.ack(b) == 3
+    sp.release(a)
+    again = sp.claim(5)
+    assert again is not None and again.key == a.key and again.ids == a.ids
+
+
+def test_split_rejects_single_record_batch(sp: Spool) -> None:
+    """A one-record batch cannot be split."""
+    sp.append(b"x")
+    batch = sp.claim(1)
+    assert batch is not None
+    with pytest.raises(ValueError):
+        sp.split(batch)
+
+
+def test_dead_letter_requeue_and_purge(sp: Spool) -> None:
+    """Dead letters leave the queue with a reason; requeue appends them at the tail."""
+    ids = sp.append_many([b"good", b"bad", b"worse"])
+    batch = sp.claim(3)
+    assert batch is not None
+    before = time.time()
+    assert sp.dead_letter(batch.records[1:], "HTTP 400") == 2
+    dead = sp.dead_letters()
+    assert [(d.id, d.data, d.reason) for d in dead] == [
+        (ids[1], b"bad", "HTTP 400"), (ids[2], b"worse", "HTTP 400")]
+    assert dead[0].failed_at >= before - 1
+    assert sp.ack(batch) == 1
+    assert sp.pending_through(ids[-1]) == 0
+    assert sp.stats().dead == 2
+    assert sp.dead_letters(limit=1)[0].id == ids[1]
+    assert sp.requeue_dead([ids[1]]) == 1
+    back = sp.claim(10)
+    assert back is not None and [r.data for r in back.records] == [b"bad"]
+    assert back.ids[0] > ids[-1]
+    assert sp.purge_dead() == 1 and sp.dead_letters() == []
+
+
+def test_dead_letter_needs_my_lease(sp: Spool, make_spool: Callable[..., Spool]) -> None:
+    """Only rows leased by this Spool can be dead-lettered (not pending, not others')."""
+    sp.append_many([b"a", b"b"])
+    pending_rec = Record(sp.last_id(), b"b")
+    assert sp.dead_letter([pending_rec], "nope") == 0
+    other = make_spool()
+    batch = other.claim(1)
+    assert batch is not None
+    assert sp.dead_letter(batch.records, "not mine") == 0
+    assert other.dead_letter(batch.records, "mine") == 1
+
+
+def test_requeue_all_and_purge_selected(sp: Spool) -> None:
+    """requeue_dead() / purge_dead() with no ids act on everything."""
+    sp.append_many([b"1", b"2", b"3"])
+    batch = sp.claim(3)
+    assert batch is not None
+    sp.dead_letter(batch.records, "x")
+    assert sp.purge_dead([batch.ids[0]]) == 1
+    assert sp.requeue_dead() == 2
+    again = sp.claim(10)
+    assert again is not None and [r.data for r in again.records] == [b"2", b"3"]
+
+
+def test_ids_never_reused_after_the_table_empties(make_spool: Callable[..., Spool]) -> None:
+    """Draining the spool, dead-lettering the top row, or reopening never reuses an id."""
+    sp = make_spool()
+    ids = sp.append_many([b"a", b"b"])
+    batch = sp.claim(10)
+    assert batch is not None and sp.ack(batch) == 2
+    assert sp.stats().pending == 0 and sp.last_id() == ids[-1]
+    nxt = sp.append(b"c")
+    assert nxt == ids[-1] + 1
+    batch = sp.claim(10)
+    assert batch is not None and sp.dead_letter(batch.records, "r") == 1
+    sp.purge_dead()
+    sp.close()
+    again = make_spool()
+    assert again.last_id() == nxt
+    assert again.append(b"d") == nxt + 1
+    assert again.pending_through(nxt + 1) == 1
+    assert again.stats().pending == 1
+
+
+def test_pending_through_counts_live_rows(sp: Spool) -> None:
+    """pending_through counts pending and leased rows up to an id, not dead ones."""
+    assert sp.last_id() == 0 and sp.pending_through(0) == 0
+    ids = sp.append_many([b"1", b"2", b"3"])
+    assert sp.pending_through(ids[1]) == 2
+    batch = sp.claim(1)
+    assert batch is not None
+    assert sp.pending_through(ids[1]) == 2
+    sp.ack(batch)
+    assert sp.pending_through(ids[1]) == 1
+    assert sp.pending_through(ids[-1]) == 2
+
+
+def test_stats_snapshot(sp: Spool) -> None:
+    """stats reports pending/leased/dead counts, bytes, age and file size."""
+    empty = sp.stats()
+    assert (empty.pending, empty.leased, empty.dead, empty.total_bytes) == (0, 0, 0, 0)
+    assert empty.oldest_age is None
+    sp.append_many([b"12345", b"67890", b"abc"])
+    batch = sp.claim(1)
+    assert batch is not None
+    sp.dead_letter(batch.records, "x")
+    sp.claim(1)
+    st = sp.stats()
+    assert (st.pending, st.leased, st.dead, st.total_bytes) == (1, 1, 1, 13)
+    assert st.oldest_age is not None and 0 <= st.oldest_age < 60
+    assert st.file_bytes > 0
+
+
+def test_durability_values(make_spool: Callable[..., Spool], db_path: Path) -> None:
+    """'normal' and 'full' are accepted; anything else is a ValueError."""
+    make_spool(durability="full").append(b"x")
+    with pytest.raises(ValueError):
+        Spool(db_path, durability="paranoid")
+
+
+def test_close_is_idempotent_and_later_use_is_a_spool_error(db_path: Path) -> None:
+    """close() twice is fine; using a closed spool raises SpoolError, not sqlite3 errors."""
+    with Spool(db_path) as sp:
+        sp.append(b"x")
+    sp.close()
+    with pytest.raises(SpoolError, match="closed"):
+        sp.append(b"y")
+    with pytest.raises(SpoolError, match="closed"):
+        sp.claim(1)
+    with pytest.raises(SpoolError, match="closed"):
+        sp.checkpoint()
+
+
+def test_file_and_directory_permissions(sp: Spool, db_path: Path) -> None:
+    """The directory is 0700 and the db, -wal and -shm files 0600."""
+    sp.append(b"x")
+    assert stat.S_IMODE(os.stat(db_path.parent).st_mode) == 0o700
+    for name in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        assert name.exists(), name
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600, name
+    assert sp.path == db_path
+
+
+def test_checkpoint_runs_and_background_thread_stops_on_close(sp: Spool) -> None:
+    """checkpoint() works and close() stops the daemon thread."""
+    sp.append(b"x")
+    sp.checkpoint()
+    names = {t.name for t in threading.enumerate()}
+    assert any(n.startswith("spool-checkpoint") for n in names)
+    sp.close()
+    time.sleep(0.05)
+    assert not any(t.name.startswith("spool-checkpoint:events.db") and t.is_alive()
+                   for t in threading.enumerate())
+
+
+@pytest.mark.timeout(60)
+def test_threads_append_while_a_flusher_acks(sp: Spool) -> None:
+    """8 appender threads + 1 flusher: every record acked exactly once, none lost."""
+    per_thread, acked = 500, list[str]()
+    done = threading.Event()
+
+    def appender(t: int) -> None:
+        for i in range(per_thread):
+            sp.append(f"{t}:{i}")
+
+    def flusher() -> None:
+        while True:
+            batch = sp.claim(100)
+            if batch is None:
+                if done.is_set() and sp.claim(1) is None:
+                    return
+                time.sleep(0.001)
+                continue
+            assert sp.ack(batch) == len(batch)
+            acked.extend(r.data.decode() for r in batch.records)
+
+    threads = [threading.Thread(target=appender, args=(t,)) for t in range(8)]
+    fl = threading.Thread(target=flusher)
+    fl.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    fl.join(30)
+    expected = {f"{t}:{i}" for t in range(8) for i in range(per_thread)}
+    assert len(acked) == len(expected) and set(acked) == expected
+
+
+def test_batch_is_a_plain_value() -> None:
+    """Batch exposes ids, nbytes and len over its records."""
+    b = Batch("k", (Record(1, b"ab"), Record(2, b"c")), "o")
+    assert (len(b), b.ids, b.nbytes) == (2, (1, 2), 3)

@@ -1,0 +1,162 @@
+"""On-disk behaviour: corrupt files, unusable paths, WAL growth, size limits, errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from spool import Spool, SpoolCorrupt, SpoolError, SpoolFull, _storage
+
+GARBAGE = {
+    "random": os.urandom(8192),
+    "text": b"this is definitely not a sqlite database\n" * 200,
+    "bad-header": b"SQLite format 3\x00" + b"\xff" * 4080,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_corrupt_file_is_moved_aside_and_a_fresh_spool_works(
+    db_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage bytes: the file is kept as <name>.corrupt-<ts>, a warning is logged,
+    recovered_from says where, and the new spool is fully usable."""
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(GARBAGE[kind])
+    Path(f"{db_path}-wal").write_bytes(b"stale wal")
+    with caplog.at_level(logging.WARNING, logger="spool"), Spool(db_path) as sp:
+        moved = sp.recovered_from
+        assert moved is not None and moved.name.startswith("events.db.corrupt-")
+        assert moved.read_bytes() == GARBAGE[kind]
+        assert Path(f"{moved}-wal").read_bytes() == b"stale wal"
+        assert any(str(moved) in r.getMessage() for r in caplog.records)
+        rid = sp.append(b"after recovery")
+        batch = sp.claim(5)
+        assert batch is not None and batch.ids == (rid,) and sp.ack(batch) == 1
+    with Spool(db_path) as again:
+        assert again.recovered_from is None
+
+
+def test_healthy_file_is_not_moved(sp: Spool, db_path: Path) -> None:
+    """A good spool reopens in place with recovered_from None and its data intact."""
+    sp.append(b"keep me")
+    sp.close()
+    with Spool(db_path) as again:
+        assert again.recovered_from is None
+        batch = again.claim(1)
+        assert batch is not None and batch.records[0].data == b"keep me"
+    assert [p.name for p in db_path.parent.iterdir() if "corrupt" in p.name] == []
+
+
+def test_path_under_a_regular_file_is_a_clear_spool_error(tmp_path: Path) -> None:
+    """A parent that is a file (unopenable even as root) gives SpoolError naming the path."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    target = blocker / "sub" / "events.db"
+    with pytest.raises(SpoolError, match="not-a-dir") as info:
+        Spool(target)
+    assert not isinstance(info.value, sqlite3.Error)
+
+
+def test_path_that_is_a_directory_is_a_clear_spool_error(tmp_path: Path) -> None:
+    """Pointing the spool at a directory is a SpoolError, not a raw sqlite3 error."""
+    with pytest.raises(SpoolError, match=str(tmp_path)):
+        Spool(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permission bits")
+def test_read_only_directory_is_a_clear_spool_error(tmp_path: Path) -> None:
+    """A spool in a 0500 directory fails with SpoolError naming the path."""
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    try:
+        with pytest.raises(SpoolError, match="ro"):
+            Spool(ro / "events.db")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    """A file written by a future version is not silently downgraded."""
+    Spool(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version={_storage.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SpoolError, match="newer"):
+        Spool(db_path)
+
+
+@pytest.mark.timeout(120)
+def test_wal_stays_bounded_while_nothing_claims(sp: Spool, db_path: Path) -> None:
+    """100,000 appends with no claimer leave the WAL under 64 MB throughout."""
+    wal = Path(f"{db_path}-wal")
+    record = b'{"event": "page", "properties": {"path": "/x"}, "pad": "' + b"p" * 140 + b'"}'
+    largest = 0
+    for i in range(100_000):
+        sp.append(record)
+        if i % 2000 == 0:
+            largest = max(largest, wal.stat().st_size)
+    largest = max(largest, wal.stat().st_size)
+    assert largest < 64 * 1024 * 1024, largest
+    assert sp.stats().pending == 100_000
+
+
+def test_max_bytes_raises_spool_full_and_keeps_what_was_spooled(
+    make_spool: Callable[..., Spool],
+) -> None:
+    """Past max_bytes append raises SpoolFull; everything accepted before survives and
+    acking frees room again."""
+    sp = make_spool(max_bytes=1000)
+    accepted = []
+    with pytest.raises(SpoolFull):
+        for i in range(100):
+            accepted.append(sp.append(b"%03d" % i + b"x" * 97))
+    assert len(accepted) == 10
+    with pytest.raises(SpoolFull):
+        sp.append_many([b"y"] * 2)
+    batch = sp.claim(100)
+    assert batch is not None and list(batch.ids) == accepted
+    assert sp.ack(batch) == 10
+    sp.append(b"z" * 100)
+
+
+def test_max_bytes_is_shared_across_spool_objects(make_spool: Callable[..., Spool]) -> None:
+    """A second Spool on the same file sees the bytes written by the first."""
+    make_spool().append_many([b"a" * 600])
+    other = make_spool(max_bytes=1000)
+    with pytest.raises(SpoolFull):
+        other.append(b"b" * 500)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), SpoolFull),
+        (sqlite3.DatabaseError("file is not a database"), SpoolCorrupt),
+        (sqlite3.DatabaseError("database disk image is malformed"), SpoolCorrupt),
+        (sqlite3.OperationalError("database is locked"), SpoolError),
+    ],
+)
+def test_sqlite_errors_are_translated(exc: sqlite3.Error, expected: type[SpoolError]) -> None:
+    """SQLITE_FULL/ENOSPC -> SpoolFull, corruption -> SpoolCorrupt, the rest SpoolError."""
+    out = _storage.translate(exc, Path("/x/y.db"), "append")
+    assert type(out) is expected and "/x/y.db" in str(out)
+
+
+def test_disk_full_during_append_is_spool_full(sp: Spool) -> None:
+    """A real SQLITE_FULL (max_page_count reached) surfaces as SpoolFull."""
+    sp.append(b"first")
+    conn = sp._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(SpoolFull):
+        for _ in range(1000):
+            sp.append(b"x" * 4000)
+    conn.execute("PRAGMA max_page_count=1073741823")
+    batch = sp.claim(1)
+    assert batch is not None and batch.records[0].data == b"first"

@@ -1,0 +1,243 @@
+"""Real processes: SIGKILLed appenders and claimers, many writers and claimers, fork()."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spool import Spool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+_started: list[subprocess.Popen[str]] = []
+
+
+def run_child(code: str, *args: str) -> subprocess.Popen[str]:
+    """Start a fresh interpreter running ``code`` with the repo importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # so teardown can kill grandchildren too
+    )
+    _started.append(child)
+    return child
+
+
+@pytest.fixture(autouse=True)
+def _reap_children() -> Iterator[None]:
+    """Kill anything a failed test left running (and its forked children)."""
+    yield
+    while _started:
+        child = _started.pop()
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+
+
+def wait_forked(pid: int, timeout: float = 30.0) -> int:
+    """Exit code of a forked child, killing it if it hangs (e.g. a deadlock)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"forked child {pid} hung")
+
+
+APPENDER = """
+    import sys
+    from spool import Spool
+    sp = Spool(sys.argv[1])
+    print("ready", flush=True)
+    i = 0
+    while True:
+        rid = sp.append(b'{"n": %d, "pad": "%s"}' % (i, b"x" * 100))
+        print(rid, flush=True)
+        i += 1
+"""
+
+
+def integrity(path: Path) -> str:
+    """PRAGMA integrity_check result for the file at ``path``."""
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigkilled_appender_loses_nothing_it_reported(db_path: Path) -> None:
+    """Over 20 SIGKILLs at random moments, every id printed after append() returned
+    survives reopening and the file passes integrity_check."""
+    rng = random.Random(1234)
+    reported: set[int] = set()
+    for _ in range(20):
+        child = run_child(APPENDER, str(db_path))
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready", child.stderr
+        time.sleep(rng.uniform(0.0, 0.15))
+        os.kill(child.pid, signal.SIGKILL)
+        out, _ = child.communicate()
+        reported.update(int(line) for line in out.split() if line.isdigit())
+    assert len(reported) > 100
+    with Spool(db_path) as sp:
+        present: set[int] = set()
+        while (batch := sp.claim(500)) is not None:
+            present.update(batch.ids)
+        assert reported <= present
+        assert sp.last_id() >= max(reported)
+    assert integrity(db_path) == "ok"
+
+
+CLAIMER = """
+    import sys
+    from spool import Spool
+    sp = Spool(sys.argv[1])
+    batch = sp.claim(100, lease=0.5)
+    print(batch.key, *batch.ids, flush=True)
+    import time
+    time.sleep(60)   # "sending": killed before it can ack
+"""
+
+
+@pytest.mark.timeout(60)
+def test_killed_claimer_rows_come_back_with_the_same_key(sp: Spool, db_path: Path) -> None:
+    """A claimer killed between claim and ack: after the lease the same group returns."""
+    ids = sp.append_many([f"e{i}" for i in range(10)])
+    child = run_child(CLAIMER, str(db_path))
+    assert child.stdout is not None
+    key, *claimed = child.stdout.readline().split()
+    assert [int(i) for i in claimed] == ids
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate()
+    assert sp.claim(100) is None  # still leased by the dead process
+    time.sleep(0.6)
+    again = sp.claim(100)
+    assert again is not None and again.key == key and list(again.ids) == ids
+    assert sp.ack(again) == 10
+
+
+def _writer(path: str, wid: int, n: int) -> None:
+    with Spool(path) as sp:
+        for i in range(n):
+            sp.append(f"{wid}:{i}")
+
+
+def _claimer(path: str, stop: Any, out: Any) -> None:
+    acked: list[str] = []
+    with Spool(path, busy_timeout=60) as sp:
+        while True:
+            batch = sp.claim(37, lease=30)
+            if batch is None:
+                if stop.is_set() and sp.claim(1) is None:
+                    break
+                time.sleep(0.002)
+                continue
+            if sp.ack(batch) != len(batch):
+                acked.append("LOST-LEASE")
+            acked.extend(r.data.decode() for r in batch.records)
+    out.put(acked)
+
+
+@pytest.mark.timeout(120)
+def test_four_writers_two_claimers_every_record_acked_exactly_once(db_path: Path) -> None:
+    """4 forked writer processes and 2 claimer processes share one file without loss
+    or double delivery."""
+    Spool(db_path).close()
+    ctx = multiprocessing.get_context("fork")
+    stop, out = ctx.Event(), ctx.Queue()
+    n = 400
+    writers = [ctx.Process(target=_writer, args=(str(db_path), w, n)) for w in range(4)]
+    claimers = [ctx.Process(target=_claimer, args=(str(db_path), stop, out)) for _ in range(2)]
+    for p in writers + claimers:
+        p.start()
+    for p in writers:
+        p.join(60)
+        assert p.exitcode == 0
+    stop.set()
+    results = [out.get(timeout=60) for _ in claimers]
+    for p in claimers:
+        p.join(30)
+        assert p.exitcode == 0
+    acked = [x for r in results for x in r]
+    expected = {f"{w}:{i}" for w in range(4) for i in range(n)}
+    assert "LOST-LEASE" not in acked
+    assert len(acked) == len(expected) and set(acked) == expected
+    assert all(results), "both claimers should have done some work"
+
+
+@pytest.mark.timeout(60)
+def test_spool_keeps_working_in_parent_and_child_after_fork(sp: Spool) -> None:
+    """Used before fork(), the same Spool object works in the child and the parent."""
+    first = sp.append(b"parent-before")
+    held = sp.claim(1)
+    assert held is not None and held.ids == (first,)
+    sp.checkpoint()  # the background thread and its connection exist before the fork
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the parent's connections or thread
+        code = 1
+        try:
+            rid = sp.append(b"child")
+            batch = sp.claim(10)
+            ok = batch is not None and batch.ids == (rid,) and sp.ack(batch) == 1
+            sp.checkpoint()
+            # the child runs its own checkpointer thread (the parent's didn't survive fork)
+            ok = ok and any(t.name.startswith("spool-checkpoint") and t.is_alive()
+                            for t in threading.enumerate())
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    assert wait_forked(pid) == 0
+    later = sp.append(b"parent-after")
+    assert sp.ack(held) == 1
+    batch = sp.claim(10)
+    assert batch is not None and batch.ids == (later,)
+    assert sp.ack(batch) == 1
+    assert sp.stats().pending == 0
+
+
+FORK_EXIT = """
+    import os, sys, sqlite3
+    from spool import Spool
+    sp = Spool(sys.argv[1])
+    sp.append(b"before")
+    sp.checkpoint()
+    pid = os.fork()
+    if pid == 0:
+        sp.append(b"child")
+        sys.exit(0)          # normal interpreter shutdown in the child
+    os.waitpid(pid, 0)
+    sp.append(b"after")      # the parent's connection must still be healthy
+    batch = sp.claim(10)
+    print(len(batch), sqlite3.connect(sys.argv[1]).execute("PRAGMA integrity_check").fetchone()[0])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_child_shutdown_does_not_close_parent_handles(db_path: Path) -> None:
+    """A forked child exiting normally (finalisers run) leaves the parent's spool intact."""
+    child = run_child(FORK_EXIT, str(db_path))
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out.split() == ["3", "ok"]
