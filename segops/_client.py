@@ -19,7 +19,7 @@ import httpx
 import spool
 
 from ._delivery import Counters, Delivery
-from ._encoding import encode_event, event_from_args, identify_from_args
+from ._encoding import encode_event, event_from_args, identify_from_args, now_iso
 from ._errors import (
     ConfigurationError,
     FlushTimeout,
@@ -155,9 +155,32 @@ class SegOpsClient:
         Raises ``TypeError``/``ValueError`` naming the bad field, or :class:`SpoolError`
         when the event could not be stored. Never waits for the network (``batch=True``).
         """
-        wire = event_from_args(
-            event, user_id=user_id, event_type=event_type, occurred_at=occurred_at, payload=payload
-        )
+        if (
+            event is None
+            and occurred_at is None
+            and type(user_id) is str
+            and user_id
+            and not user_id.isspace()
+            and type(event_type) is str
+            and event_type
+            and not event_type.isspace()
+            and (payload is None or type(payload) is dict)
+        ):
+            # The common call, already valid: skip the general argument handling.
+            wire: Dict[str, Any] = {
+                "user_id": user_id,
+                "event_type": event_type,
+                "occurred_at": now_iso(),
+                "payload": {} if payload is None else payload,
+            }
+        else:
+            wire = event_from_args(
+                event,
+                user_id=user_id,
+                event_type=event_type,
+                occurred_at=occurred_at,
+                payload=payload,
+            )
         self._commit(encode_event(wire))
 
     def track_many(self, events: Iterable[Union[Event, Dict[str, Any]]]) -> int:

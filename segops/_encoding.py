@@ -164,8 +164,8 @@ def _identifier(name: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise TypeError(f"{name} must be a non-empty string, not {type(value).__name__}")
     text = str(value)
-    if not text:
-        raise ValueError(f"{name} must be a non-empty string")
+    if not text or text.isspace():
+        raise ValueError(f"{name} must be a non-empty string (not blank)")
     return text
 
 
@@ -188,9 +188,9 @@ def build_event(
 ) -> Dict[str, Any]:
     """Validate one event and return its wire object (fields in the official SDK's order)."""
     # Fast paths first: this runs inside every track() call.
-    if type(user_id) is not str or not user_id:
+    if type(user_id) is not str or not user_id or user_id.isspace():
         user_id = _identifier("user_id", user_id)
-    if type(event_type) is not str or not event_type:
+    if type(event_type) is not str or not event_type or event_type.isspace():
         event_type = _identifier("event_type", event_type)
     if type(payload) is not dict:
         payload = _payload(payload_name, payload)
