@@ -380,7 +380,15 @@ class SegOpsClient:
             raise ClientClosed("this SegOpsClient was shut down; create a new one")
 
     def _new_flusher(self) -> Flusher:
-        return Flusher(delivery=self._delivery, interval=self._flush_interval, report=self._report)
+        # batch=False: each track() sends its own event inline; the flusher only picks up
+        # what those attempts left behind, so it must not race them for fresh records.
+        min_age = 0.0 if self._batch else self._timeout + 1.0
+        return Flusher(
+            delivery=self._delivery,
+            interval=self._flush_interval,
+            report=self._report,
+            min_age=min_age,
+        )
 
     def _ensure_flusher(self) -> None:
         """After a fork, the child starts its own flusher on first use."""

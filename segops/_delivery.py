@@ -103,13 +103,16 @@ class Delivery:
         max_records: int = MAX_BATCH_EVENTS,
         single: bool = False,
         policy: Optional[RetryPolicy] = None,
+        min_age: float = 0.0,
     ) -> int:
         """Claim the oldest available batch and deliver it; returns how many records it held.
 
         Raises :class:`DeliveryError` (the batch is back in the spool) when it could not be sent.
         """
         try:
-            batch = self._spool.claim(max_records, max_bytes=MAX_BATCH_BYTES, lease=self._lease)
+            batch = self._spool.claim(
+                max_records, max_bytes=MAX_BATCH_BYTES, lease=self._lease, min_age=min_age
+            )
         except spool.SpoolError as exc:
             raise translate_spool_error(exc) from exc
         if batch is None:

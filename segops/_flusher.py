@@ -27,8 +27,10 @@ class Flusher:
         delivery: Delivery,
         interval: float,
         report: Callable[[SegOpsError], None],
+        min_age: float = 0.0,
     ) -> None:
         self._delivery = delivery
+        self._min_age = min_age
         self._interval = interval
         self._report = report
         self._wake = threading.Event()
@@ -58,7 +60,9 @@ class Flusher:
         failures = 0
         while not self._stop.is_set():
             try:
-                while not self._stop.is_set() and self._delivery.deliver_next(cancel=self._stop):
+                while not self._stop.is_set() and self._delivery.deliver_next(
+                    cancel=self._stop, min_age=self._min_age
+                ):
                     pass
                 failures = 0
             except SegOpsError as exc:

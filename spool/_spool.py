@@ -16,6 +16,7 @@ Concurrency model
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -24,7 +25,7 @@ import time
 import uuid
 import weakref
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union, cast
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union, cast
 
 from . import _fork, _storage
 from ._errors import SpoolError, SpoolFull
@@ -53,7 +54,10 @@ _FIND_GROUP = (
 _RANGE = (
     "SELECT id, data FROM records WHERE id BETWEEN ? AND ? AND data IS NOT NULL ORDER BY id"
 )
-_FRESH = "SELECT id, data FROM records WHERE id > ? AND data IS NOT NULL ORDER BY id LIMIT ?"
+_FRESH = (
+    "SELECT id, data, created FROM records WHERE id > ? AND data IS NOT NULL"
+    " ORDER BY id LIMIT ?"
+)
 _TOMBSTONE = "SELECT value FROM meta WHERE key = 'tombstone'"
 # "This record lies in a batch currently leased by this Spool instance" (bind: id, id,
 # LEASED, len(prefix), prefix). Owner tokens are "<instance>.<claim>".
@@ -221,13 +225,20 @@ class Spool:
     # ------------------------------------------------------------------ claiming
 
     def claim(
-        self, max_records: int, *, max_bytes: Optional[int] = None, lease: float = 60.0
+        self,
+        max_records: int,
+        *,
+        max_bytes: Optional[int] = None,
+        lease: float = 60.0,
+        min_age: float = 0.0,
     ) -> Optional[Batch]:
         """Lease the oldest available records, or None when nothing is claimable.
 
         A released or expired batch is handed out again first, whole and with its key;
         otherwise up to ``max_records`` pending records (and up to ``max_bytes``, but
-        always at least one) become a new batch.
+        always at least one) become a new batch. ``min_age`` leaves records appended less
+        than that many seconds ago alone (a contiguous oldest-first prefix is taken), so a
+        producer that sends its own fresh records can claim them first.
         """
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
@@ -237,7 +248,9 @@ class Spool:
             now = time.time()
             batch = self._reclaim(conn, owner, now, now + lease)
             if batch is None:
-                batch = self._claim_fresh(conn, max_records, max_bytes, owner, now + lease)
+                batch = self._claim_fresh(
+                    conn, max_records, max_bytes, owner, now + lease, now - min_age
+                )
             return batch
 
         return self._write("claim", txn)
@@ -269,10 +282,14 @@ class Spool:
         max_bytes: Optional[int],
         owner: str,
         until: float,
+        created_by: float,
     ) -> Optional[Batch]:
         # Un-batched rows are exactly those above every batch's range (see the schema).
         floor = int(conn.execute("SELECT coalesce(max(last_id), 0) FROM batches").fetchone()[0])
-        rows = conn.execute(_FRESH, (floor, max_records)).fetchall()
+        fresh = conn.execute(_FRESH, (floor, max_records)).fetchall()
+        # A batch owns an id range, so stop at the first row that is too young rather
+        # than skipping it (a skipped row inside the range would be acked unsent).
+        rows = list(itertools.takewhile(lambda row: row[2] <= created_by, fresh))
         if not rows:
             return None
         if max_bytes is not None:
@@ -667,8 +684,9 @@ def _delete_live(
     return deleted
 
 
-def _records(rows: list[tuple[int, bytes]]) -> tuple[Record, ...]:
-    return tuple(Record(i, d) for i, d in rows)
+def _records(rows: Sequence[Sequence[Any]]) -> tuple[Record, ...]:
+    """Records from ``(id, data, ...)`` rows."""
+    return tuple(Record(row[0], row[1]) for row in rows)
 
 
 def _owned_span(conn: sqlite3.Connection, batch: Batch) -> Optional[tuple[int, int]]:
@@ -680,11 +698,11 @@ def _owned_span(conn: sqlite3.Connection, batch: Batch) -> Optional[tuple[int, i
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-def _cap_bytes(rows: list[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
-    """Longest prefix within ``max_bytes``, but never empty."""
+def _cap_bytes(rows: list[Any], max_bytes: int) -> list[Any]:
+    """Longest prefix of ``(id, data, ...)`` rows within ``max_bytes``, but never empty."""
     total = 0
-    for n, (_, data) in enumerate(rows):
-        total += len(data)
+    for n, row in enumerate(rows):
+        total += len(row[1])
         if total > max_bytes:
             return rows[: max(1, n)]
     return rows

@@ -1,0 +1,400 @@
+"""Durability: outages, kill -9, fork, several processes on one spool, and never hanging."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+import segops
+from _support import (
+    FAST,
+    REPO_ROOT,
+    SK,
+    ErrorLog,
+    child_env,
+    free_port,
+    ingestion,
+    payload_ids,
+    run_script,
+    wait_until,
+    write_script,
+)
+from segops.devserver import DevServer
+
+import spool
+
+MakeClient = Callable[..., segops.SegOpsClient]
+
+
+def spooled(path: Path) -> int:
+    """Records still in the spool file (pending or leased), read with a fresh Spool."""
+    with spool.Spool(path) as s:
+        return s.pending_through(s.last_id())
+
+
+def assert_exactly_once(server: DevServer, expected: List[object]) -> None:
+    """Every expected payload id is stored exactly once, and nothing else."""
+    ids = payload_ids(server)
+    dupes = [k for k, n in collections.Counter(ids).items() if n > 1]
+    assert not dupes, f"delivered more than once: {dupes[:10]}"
+    missing = set(expected) - set(ids)
+    assert not missing, f"{len(missing)} event(s) lost, e.g. {sorted(missing, key=str)[:10]}"
+    assert sorted(ids, key=str) == sorted(expected, key=str)
+
+
+# -- outage ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_outage_of_seconds_loses_nothing(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog
+) -> None:
+    """Server down for ~3 s while tracking; after restart flush() delivers all exactly once."""
+    client = make_client(flush_interval=0.1, batch_size=10, on_error=errors)
+    server.stop()
+    n, end = 0, time.monotonic() + 3.0
+    while time.monotonic() < end:
+        client.track(user_id="u", event_type="during_outage", payload={"i": n})
+        n += 1
+        time.sleep(0.005)
+    assert n > 100
+    stats = client.stats()
+    assert stats.pending + stats.in_flight == n and stats.delivered == 0
+    assert errors.of(segops.DeliveryError), "the flusher did not report the outage"
+    server.start()
+    client.flush(timeout=30)
+    assert_exactly_once(server, list(range(n)))
+    assert client.stats().pending == 0 and client.stats().delivered == n
+
+
+@pytest.mark.timeout(90)
+def test_flusher_recovers_by_itself_after_outage(
+    server: DevServer, make_client: MakeClient
+) -> None:
+    """Without flush(), the background flusher delivers everything once the server is back."""
+    client = make_client(flush_interval=0.2, batch_size=5, on_error=lambda exc: None)
+    server.stop()
+    for i in range(40):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    time.sleep(2.0)
+    server.start()
+    wait_until(lambda: len(server.events()) >= 40, timeout=70, interval=0.2)
+    assert_exactly_once(server, list(range(40)))
+
+
+# -- kill -9 -----------------------------------------------------------------------------
+
+TRACKING_CHILD = """
+import sys
+import time
+import segops
+
+url, spool_path, flush_interval, batch_size, settle = sys.argv[1:6]
+client = segops.SegOpsClient(
+    url, "sk_dev_secret", spool_path=spool_path, flush_interval=float(flush_interval),
+    batch_size=int(batch_size), timeout=1.0, on_error=lambda exc: None,
+    retry_policy=segops.RetryPolicy(attempts=2, timeout=0.5, wait_initial=0.05, wait_max=0.1),
+)
+time.sleep(float(settle))  # let the flusher's start-up cycle pass on an empty spool
+i = 0
+while True:
+    client.track(user_id="child", event_type="tick", payload={"i": i})
+    print(i, flush=True)
+    i += 1
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("situation", ["unreachable", "slow"])
+def test_kill_9_then_new_client_delivers_every_acknowledged_event(
+    server: DevServer, make_client: MakeClient, spool_file: Path, tmp_path: Path, situation: str
+) -> None:
+    """SIGKILL a child mid-tracking; a new client on its spool delivers all it acknowledged."""
+    script = write_script(tmp_path, "tracker.py", TRACKING_CHILD)
+    if situation == "unreachable":  # nobody listens; flusher idle, so nothing is leased
+        args = [f"http://127.0.0.1:{free_port()}", str(spool_file), "3600", "1000000000", "0.3"]
+    else:  # a slow server and a busy flusher: the kill lands during requests
+        server.latency_ms = 150
+        args = [server.url, str(spool_file), "0.02", "20", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=str(REPO_ROOT),
+    )
+    acked: List[int] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while len(acked) < 400 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acked.append(int(line))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        rest = proc.stdout.read()  # what the child printed after our last readline()
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    acked += [int(x) for x in rest.split()]
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acked) >= 400, err
+    server.latency_ms = 0
+    client = make_client()
+    # A batch leased by the killed child comes back when its lease expires.
+    client.flush(timeout=60)
+    ids = payload_ids(server)
+    dupes = [k for k, n in collections.Counter(ids).items() if n > 1]
+    assert not dupes, f"delivered more than once: {dupes[:10]}"
+    missing = set(acked) - set(ids)
+    assert not missing, f"acknowledged but lost: {sorted(missing)[:10]}"
+    # at most the one event whose track() committed but whose print() was cut off
+    assert len(ids) - len(acked) <= 1
+    assert spooled(spool_file) == 0
+
+
+# -- fork --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_fork_after_create_four_children_os_exit(
+    server: DevServer, make_client: MakeClient
+) -> None:
+    """4 forked children track and os._exit; the parent delivers everything, none twice."""
+    client = make_client(flush_interval=0.05, batch_size=10)
+    client.track(user_id="parent", event_type="before_fork", payload={"i": "p-0"})
+    pids = []
+    for c in range(4):
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                for i in range(50):
+                    client.track(
+                        user_id=f"child-{c}", event_type="forked", payload={"i": f"{c}-{i}"}
+                    )
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    client.track(user_id="parent", event_type="after_fork", payload={"i": "p-1"})
+    client.flush(timeout=60)
+    expected = ["p-0", "p-1"] + [f"{c}-{i}" for c in range(4) for i in range(50)]
+    assert_exactly_once(server, expected)
+    # A child killed by os._exit between a 2xx and its ack leaves that batch to be resent
+    # after its lease: allowed, but only whole and under the same key (the server drops it).
+    first_body = {}
+    for req in ingestion(server):
+        key = req.headers["idempotency-key"]
+        assert first_body.setdefault(key, req.body) == req.body, "a key was reused for a new body"
+    assert server.stats()["duplicates_dropped"] <= 4
+
+
+@pytest.mark.timeout(60)
+def test_fork_child_delivers_with_its_own_flush(server: DevServer, make_client: MakeClient) -> None:
+    """A forked child can flush() on its own connection; the parent keeps working."""
+    client = make_client()
+    client.track(user_id="parent", event_type="e", payload={"i": "p"})
+    client.flush(timeout=10)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            client.track(user_id="child", event_type="e", payload={"i": "c"})
+            client.flush(timeout=10)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert sorted(payload_ids(server)) == ["c", "p"]
+    client.track(user_id="parent", event_type="e", payload={"i": "p2"})
+    client.flush(timeout=10)
+    assert_exactly_once(server, ["p", "c", "p2"])
+
+
+# -- several processes on one spool --------------------------------------------------------
+
+SHARING_CHILD = """
+import sys
+import segops
+
+url, spool_path, tag = sys.argv[1:4]
+client = segops.SegOpsClient(
+    url, "sk_dev_secret", spool_path=spool_path, flush_interval=0.02, batch_size=15,
+    timeout=2.0,
+    retry_policy=segops.RetryPolicy(attempts=3, timeout=1.5, wait_initial=0.05, wait_max=0.2),
+)
+for i in range(300):
+    client.track(user_id=tag, event_type="shared", payload={"i": f"{tag}-{i}"})
+client.shutdown(timeout=30)
+print("done")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_two_processes_share_one_spool(server: DevServer, spool_file: Path, tmp_path: Path) -> None:
+    """Two processes with clients on one spool file: each event is delivered exactly once."""
+    script = write_script(tmp_path, "sharer.py", SHARING_CHILD)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), server.url, str(spool_file), tag],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=str(REPO_ROOT),
+        )
+        for tag in ("a", "b")
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.strip() == "done"
+    expected = [f"{t}-{i}" for t in ("a", "b") for i in range(300)]
+    assert_exactly_once(server, expected)
+    assert server.stats()["duplicates_dropped"] == 0
+    assert spooled(spool_file) == 0
+
+
+# -- never hangs -----------------------------------------------------------------------------
+
+FORGETFUL_CHILD = """
+import sys
+import segops
+
+url, spool_path = sys.argv[1:3]
+client = segops.SegOpsClient(url, "sk_live_0123456789abcdef", spool_path=spool_path)
+for i in range(100):
+    client.track(user_id="u", event_type="e", payload={"i": i})
+print("tracked", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["dead_port", "blackhole"])
+def test_script_that_forgets_shutdown_exits_quickly(
+    where: str, blackhole: str, spool_file: Path, tmp_path: Path
+) -> None:
+    """With the server down or mute, a script without shutdown() exits within ~3 s."""
+    url = f"http://127.0.0.1:{free_port()}" if where == "dead_port" else blackhole
+    script = write_script(tmp_path, "forgetful.py", FORGETFUL_CHILD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), url, str(spool_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=str(REPO_ROOT),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "tracked"
+        started = time.monotonic()
+        proc.wait(timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert elapsed < 3.0, f"the process took {elapsed:.1f}s to exit"
+    assert proc.returncode == 0
+    assert spooled(spool_file) == 100
+    assert "sk_live_0123456789abcdef" not in (proc.stderr.read() if proc.stderr else "")
+
+
+@pytest.mark.parametrize("where", ["dead_port", "blackhole"])
+@pytest.mark.parametrize("call", ["flush", "shutdown"])
+def test_flush_and_shutdown_respect_their_timeout(
+    where: str, call: str, blackhole: str, spool_file: Path
+) -> None:
+    """flush/shutdown(timeout=1) with the server down raise within budget; events stay."""
+    url = f"http://127.0.0.1:{free_port()}" if where == "dead_port" else blackhole
+    client = segops.SegOpsClient(
+        url, SK, spool_path=spool_file, flush_interval=60, on_error=lambda exc: None
+    )
+    try:
+        for i in range(10):
+            client.track(user_id="u", event_type="e", payload={"i": i})
+        started = time.monotonic()
+        with pytest.raises((segops.FlushTimeout, segops.DeliveryError)):
+            getattr(client, call)(timeout=1.0)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.6, f"{call}(timeout=1) took {elapsed:.2f}s"
+    finally:
+        with contextlib.suppress(segops.SegOpsError):
+            client.shutdown(timeout=0.5)
+    assert spooled(spool_file) == 10
+
+
+def test_next_client_sends_what_shutdown_left(
+    server: DevServer, make_client: MakeClient, spool_file: Path
+) -> None:
+    """Events a timed-out shutdown left on disk are delivered by the next client."""
+    first = segops.SegOpsClient(
+        f"http://127.0.0.1:{free_port()}",
+        SK,
+        spool_path=spool_file,
+        flush_interval=60,
+        retry_policy=FAST,
+        on_error=lambda exc: None,
+    )
+    for i in range(25):
+        first.track(user_id="u", event_type="e", payload={"i": i})
+    with pytest.raises(segops.DeliveryError):
+        first.shutdown(timeout=1.0)
+    second = make_client()
+    second.flush(timeout=10)
+    assert_exactly_once(server, list(range(25)))
+
+
+def test_forgotten_client_flushes_at_exit(
+    server: DevServer, spool_file: Path, tmp_path: Path
+) -> None:
+    """A reachable server gets the events of a script that never calls shutdown()."""
+    script = write_script(
+        tmp_path, "forgot.py", FORGETFUL_CHILD.replace("sk_live_0123456789abcdef", SK)
+    )
+    result = run_script(script, server.url, str(spool_file))
+    assert result.returncode == 0, result.stderr
+    assert sorted(payload_ids(server)) == list(range(100))
+    assert spooled(spool_file) == 0
+
+
+def test_track_never_waits_for_a_mute_server(blackhole: str, spool_file: Path) -> None:
+    """batch_size=1 wakes the flusher on every call, yet track() stays fast (no inline send)."""
+    client = segops.SegOpsClient(
+        blackhole,
+        SK,
+        spool_path=spool_file,
+        batch_size=1,
+        flush_interval=0.05,
+        timeout=5.0,
+        on_error=lambda exc: None,
+    )
+    try:
+        worst = 0.0
+        for i in range(200):
+            started = time.monotonic()
+            client.track(user_id="u", event_type="e", payload={"i": i})
+            worst = max(worst, time.monotonic() - started)
+        assert worst < 0.25, f"a track() call took {worst:.3f}s"
+    finally:
+        with contextlib.suppress(segops.SegOpsError):
+            client.shutdown(timeout=0.5)
+    assert spooled(spool_file) == 200

@@ -1,0 +1,281 @@
+"""pk_ keys: the session handshake (mint, single-flight, refresh, 401 re-mint, reset)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+import segops
+from _support import FAST, PK, ErrorLog, ingestion
+from segops.devserver import DevServer
+
+SESSION = "/api/auth/session/"
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., DevServer]]:
+    """Start DevServers with custom settings; all closed at teardown."""
+    servers: List[DevServer] = []
+
+    def make(**kwargs: Any) -> DevServer:
+        srv = DevServer(**kwargs)
+        srv.start()
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.close()
+
+
+@pytest.fixture
+def pk_client(spool_file: Path) -> Iterator[Callable[..., segops.SegOpsClient]]:
+    """Build pk_ clients (flusher idle by default); all shut down at teardown."""
+    clients: List[segops.SegOpsClient] = []
+
+    def make(srv: DevServer, get_user: Any, **kwargs: Any) -> segops.SegOpsClient:
+        kwargs.setdefault("spool_path", spool_file)
+        kwargs.setdefault("flush_interval", 60.0)
+        kwargs.setdefault("batch_size", 1_000_000)
+        kwargs.setdefault("timeout", 3.0)
+        kwargs.setdefault("retry_policy", FAST)
+        client = segops.SegOpsClient(srv.url, PK, get_user=get_user, **kwargs)
+        clients.append(client)
+        time.sleep(0.05)  # the flusher's start-up cycle passes on an empty spool
+        return client
+
+    yield make
+    for client in clients:
+        with contextlib.suppress(segops.SegOpsError):
+            client.shutdown(timeout=1.0)
+
+
+def user(uid: str) -> Callable[[], segops.UserContext]:
+    return lambda: segops.UserContext(user_id=uid)
+
+
+def sessions(srv: DevServer) -> List[Any]:
+    return [r for r in srv.requests if r.path == SESSION]
+
+
+def test_mint_on_first_use_then_bearer(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """No request before delivery; then one mint with ApiKey pk_, and events go as Bearer."""
+    srv = make_server()
+    client = pk_client(srv, user("alice"))
+    client.track(user_id="alice", event_type="opened")
+    assert srv.requests == []
+    client.flush(timeout=10)
+    (mint,) = sessions(srv)
+    assert mint.headers["authorization"] == f"ApiKey {PK}"
+    assert mint.headers["content-type"] == "application/json"
+    assert mint.json == {"user_id": "alice"}
+    (batch,) = ingestion(srv)
+    assert batch.headers["authorization"].startswith("Bearer ")
+    assert PK not in batch.headers["authorization"]
+    assert srv.requests.index(mint) < srv.requests.index(batch)
+    (event,) = srv.events()
+    assert (event["user_id"], event["auth"]) == ("alice", "bearer")
+
+
+def test_server_replaces_user_id_with_uid(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """Events are attributed to get_user()'s identity, whatever user_id track() got."""
+    srv = make_server()
+    client = pk_client(srv, user("alice"))
+    client.track(user_id="typed-by-app", event_type="e")
+    client.flush(timeout=10)
+    (event,) = srv.events()
+    assert event["user_id"] == "alice"
+    assert event["sent_user_id"] == "typed-by-app"
+
+
+def test_anonymous_identity(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A UserContext with only anonymous_id mints with exactly that field."""
+    srv = make_server()
+    client = pk_client(srv, lambda: segops.UserContext(anonymous_id="anon-7"))
+    client.track(user_id="x", event_type="e")
+    client.flush(timeout=10)
+    assert sessions(srv)[0].json == {"anonymous_id": "anon-7"}
+    assert srv.events()[0]["user_id"] == "anon:anon-7"
+
+
+def test_signed_user_id(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A key that requires signatures accepts sign_user_id() fields passed via get_user."""
+    secret = "ab" * 32
+    srv = make_server(hmac_secret=secret, require_signed=True)
+    client = pk_client(srv, lambda: segops.UserContext(**segops.sign_user_id(secret, "carol")))
+    client.track(user_id="carol", event_type="e")
+    client.flush(timeout=10)
+    body = sessions(srv)[0].json
+    assert set(body) == {"user_id", "user_id_sig", "user_id_ts"}
+    assert isinstance(body["user_id_ts"], int)
+    assert srv.events()[0]["user_id"] == "carol"
+
+
+@pytest.mark.timeout(60)
+def test_single_flight_mint_with_concurrent_threads(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """8 threads sending at once (batch=False, slow server) share one mint."""
+    srv = make_server(latency_ms=300)
+    client = pk_client(srv, user("alice"), batch=False)
+    barrier = threading.Barrier(8)
+    failures: List[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait()
+            client.track(user_id="alice", event_type="concurrent", payload={"i": n})
+        except BaseException as exc:  # surfaced below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not failures
+    client.flush(timeout=30)
+    assert srv.stats()["tokens_minted"] == 1
+    assert len(sessions(srv)) == 1
+    assert sorted(e["payload"]["i"] for e in srv.events()) == list(range(8))
+
+
+@pytest.mark.timeout(30)
+def test_token_reused_then_refreshed_60s_before_expiry(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """token_ttl=62: reused within ~2 s (62 - 60 s skew), minted again after that."""
+    srv = make_server(token_ttl=62, expires_at_style="fractional")
+    client = pk_client(srv, user("alice"))
+    client.track(user_id="a", event_type="e", payload={"i": 0})
+    client.flush(timeout=10)
+    minted_at = time.monotonic()
+    client.track(user_id="a", event_type="e", payload={"i": 1})
+    client.flush(timeout=10)
+    assert time.monotonic() - minted_at < 1.5, "too slow to check the reuse window"
+    assert srv.stats()["tokens_minted"] == 1
+    time.sleep(max(0.0, 2.3 - (time.monotonic() - minted_at)))
+    client.track(user_id="a", event_type="e", payload={"i": 2})
+    client.flush(timeout=10)
+    assert srv.stats()["tokens_minted"] == 2
+    assert [r.status for r in ingestion(srv)] == [200, 200, 200]  # refreshed before a 401
+    assert sorted(e["payload"]["i"] for e in srv.events()) == [0, 1, 2]
+
+
+def test_token_shorter_than_skew_is_never_reused(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A token living less than 60 s is already due for refresh: every send mints."""
+    srv = make_server(token_ttl=30)
+    client = pk_client(srv, user("alice"))
+    for i in range(3):
+        client.track(user_id="a", event_type="e", payload={"i": i})
+        client.flush(timeout=10)
+    assert srv.stats()["tokens_minted"] == 3
+    assert len(srv.events()) == 3
+
+
+@pytest.mark.parametrize("style", ["seconds", "fractional", "offset"])
+def test_expires_at_formats(
+    make_server: Callable[..., DevServer],
+    pk_client: Callable[..., segops.SegOpsClient],
+    style: str,
+) -> None:
+    """expires_at with Z, fractional seconds or +00:00 is parsed; the token is reused."""
+    srv = make_server(expires_at_style=style)
+    client = pk_client(srv, user("alice"))
+    for i in range(2):
+        client.track(user_id="a", event_type="e", payload={"i": i})
+        client.flush(timeout=10)
+    assert srv.stats()["tokens_minted"] == 1
+    assert len(srv.events()) == 2
+
+
+def test_401_remints_once_and_delivers(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A revoked token gets a 401; the client mints again and the events are delivered."""
+    srv = make_server()
+    errors = ErrorLog()
+    client = pk_client(srv, user("alice"), on_error=errors)
+    client.track(user_id="a", event_type="e", payload={"i": 0})
+    client.flush(timeout=10)
+    srv.revoke_tokens()
+    client.track(user_id="a", event_type="e", payload={"i": 1})
+    client.flush(timeout=10)
+    assert srv.stats()["tokens_minted"] == 2
+    assert [r.status for r in ingestion(srv)] == [200, 401, 200]
+    assert sorted(e["payload"]["i"] for e in srv.events()) == [0, 1]
+    assert not errors.of(segops.AuthError)
+
+
+def test_reset_session_mints_with_new_identity(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """After login as bob + reset_session(), the next mint reads get_user() again."""
+    srv = make_server()
+    current: Dict[str, str] = {"uid": "alice"}
+    client = pk_client(srv, lambda: segops.UserContext(user_id=current["uid"]))
+    client.track(user_id="x", event_type="before", payload={"i": 0})
+    client.flush(timeout=10)
+    current["uid"] = "bob"
+    client.track(user_id="x", event_type="still_alice_token", payload={"i": 1})
+    client.flush(timeout=10)
+    assert [e["user_id"] for e in srv.events()] == ["alice", "alice"]  # cached until reset
+    client.reset_session()
+    client.track(user_id="x", event_type="after", payload={"i": 2})
+    client.flush(timeout=10)
+    assert [s.json for s in sessions(srv)] == [{"user_id": "alice"}, {"user_id": "bob"}]
+    assert [(e["event_type"], e["user_id"]) for e in srv.events()][-1] == ("after", "bob")
+
+
+def test_events_before_reset_go_under_old_token(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """Events spooled before reset_session() are sent under the still-valid old identity."""
+    srv = make_server()
+    current: Dict[str, str] = {"uid": "alice"}
+    client = pk_client(srv, lambda: segops.UserContext(user_id=current["uid"]))
+    client.track(user_id="x", event_type="warmup")
+    client.flush(timeout=10)
+    client.track(user_id="x", event_type="as_alice")
+    current["uid"] = "bob"
+    client.reset_session()
+    client.track(user_id="x", event_type="as_bob")
+    client.flush(timeout=10)
+    owners = {e["event_type"]: e["user_id"] for e in srv.events()}
+    assert owners == {"warmup": "alice", "as_alice": "alice", "as_bob": "bob"}
+
+
+def test_pk_without_get_user_is_value_error(spool_file: Path) -> None:
+    """A pk_ key without get_user is refused at construction, naming get_user."""
+    with pytest.raises(ValueError, match="get_user"):
+        segops.SegOpsClient("http://127.0.0.1:9", PK, spool_path=spool_file)
+    assert not spool_file.exists() or spool_file.stat().st_size == 0
+
+
+def test_refused_mint_keeps_events_and_raises_auth_error(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """An unsigned identity on a require_signed key: flush raises AuthError, events stay."""
+    srv = make_server(hmac_secret="ab" * 16, require_signed=True)
+    errors = ErrorLog()
+    client = pk_client(srv, user("mallory"), on_error=errors)
+    client.track(user_id="m", event_type="e")
+    with pytest.raises(segops.AuthError) as info:
+        client.flush(timeout=5)
+    assert info.value.status == 403
+    assert client.stats().pending == 1
+    assert srv.events() == []

@@ -1,0 +1,194 @@
+"""Default spool location and permissions; secrets never leak into reprs, logs or errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import stat
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+import segops
+from _support import FAST, ErrorLog, ingestion, wait_until
+from segops.devserver import DevServer
+
+SECRET = "sk_live_0123456789abcdefSECRETtail"
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "spool-home"
+    monkeypatch.setenv("SEGOPS_SPOOL_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def new_client() -> Iterator[Callable[..., segops.SegOpsClient]]:
+    """Clients without spool_path (default location); all shut down at teardown."""
+    made: List[segops.SegOpsClient] = []
+
+    def make(url: str, key: str, **kwargs: object) -> segops.SegOpsClient:
+        client = segops.SegOpsClient(url, key, flush_interval=60, **kwargs)  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        with contextlib.suppress(segops.SegOpsError):
+            client.shutdown(timeout=0.5)
+
+
+def test_segops_spool_dir_is_honoured(
+    spool_dir: Path, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """Without spool_path the spool is created inside $SEGOPS_SPOOL_DIR."""
+    client = new_client("http://127.0.0.1:9", SECRET)
+    client.track(user_id="u", event_type="e")
+    assert client.spool_path.parent == spool_dir
+    assert client.spool_path.exists()
+    assert client.stats().spool_path == str(client.spool_path)
+
+
+def test_xdg_cache_home_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """Without $SEGOPS_SPOOL_DIR, Linux uses $XDG_CACHE_HOME/segops."""
+    if not hasattr(__import__("os"), "fork"):
+        pytest.skip("POSIX layout")
+    monkeypatch.delenv("SEGOPS_SPOOL_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    client = new_client("http://127.0.0.1:9", SECRET)
+    assert client.spool_path.parent == tmp_path / "xdg" / "segops"
+
+
+def test_spool_name_is_a_hash_without_the_key(
+    spool_dir: Path, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """The file name reveals no part of the key (or the URL)."""
+    client = new_client("http://127.0.0.1:9", SECRET)
+    name = client.spool_path.name
+    for fragment in (SECRET, "sk_live", "SECRET", "0123456789abcdef", "127.0.0.1"):
+        assert fragment not in name
+    assert all(SECRET not in p.name for p in spool_dir.iterdir())
+
+
+def test_same_url_and_key_share_a_spool_others_do_not(
+    spool_dir: Path, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """Same url/key (trailing slash or not) -> same file; another url or key -> another file."""
+    a = new_client("http://127.0.0.1:9", SECRET).spool_path
+    b = new_client("http://127.0.0.1:9/", SECRET).spool_path
+    c = new_client("http://127.0.0.1:9", SECRET + "x").spool_path
+    d = new_client("http://127.0.0.1:10", SECRET).spool_path
+    assert a == b
+    assert len({a, c, d}) == 3
+
+
+def test_clients_on_different_keys_never_mix(
+    spool_dir: Path, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """Events tracked for one key are not visible in the spool of another key."""
+    one = new_client("http://127.0.0.1:9", "sk_one_aaaaaaaaaaaa")
+    two = new_client("http://127.0.0.1:9", "sk_two_bbbbbbbbbbbb")
+    one.track(user_id="u", event_type="e")
+
+    def live(c: segops.SegOpsClient) -> int:
+        stats = c.stats()
+        return stats.pending + stats.in_flight
+
+    assert (live(one), live(two)) == (1, 0)
+    again = new_client("http://127.0.0.1:9", "sk_one_aaaaaaaaaaaa")
+    assert live(again) == 1
+
+
+def test_spool_file_0600_and_dir_0700(
+    spool_dir: Path, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """The spool directory is created 0700 and the db (and its side files) 0600."""
+    client = new_client("http://127.0.0.1:9", SECRET)
+    client.track(user_id="u", event_type="e")
+    assert stat.S_IMODE(spool_dir.stat().st_mode) == 0o700
+    files = [p for p in spool_dir.iterdir() if p.name.startswith(client.spool_path.name)]
+    assert client.spool_path in files
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+def test_repr_redacts_the_key(tmp_path: Path) -> None:
+    """repr(client) shows a redacted key, never the key itself."""
+    client = segops.SegOpsClient("http://127.0.0.1:9", SECRET, spool_path=tmp_path / "s.sqlite3")
+    try:
+        text = repr(client)
+        assert SECRET not in text and "0123456789abcdefSECRET" not in text
+        assert "http://127.0.0.1:9" in text
+    finally:
+        client.shutdown(timeout=0.5)
+
+
+def test_secrets_absent_from_logs_and_errors_in_a_failing_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run refused with 401 logs (DEBUG, all loggers) and raises without the sk_ key."""
+    caplog.set_level(logging.DEBUG)
+    errors = ErrorLog()
+    with DevServer(secret_key="sk_live_the_right_one_1234") as srv:
+        client = segops.SegOpsClient(
+            srv.url,
+            SECRET,
+            spool_path=tmp_path / "s.sqlite3",
+            flush_interval=0.1,
+            batch_size=1,
+            retry_policy=FAST,
+            on_error=errors,
+        )
+        try:
+            client.track(user_id="u", event_type="e")
+            wait_until(lambda: errors.items, timeout=5)
+            with pytest.raises(segops.AuthError) as info:
+                client.flush(timeout=3)
+            raised = [info.value, *errors.items]
+            with pytest.raises(segops.SegOpsError) as at_shutdown:
+                client.shutdown(timeout=1)
+            raised.append(at_shutdown.value)
+        finally:
+            client.shutdown(timeout=0.5)
+        assert srv.requests[0].headers["authorization"] == f"ApiKey {SECRET}"  # it was sent
+    texts = [caplog.text] + [f"{e!s} {e!r} {getattr(e, 'detail', '')}" for e in raised]
+    for text in texts:
+        assert SECRET not in text
+        assert "0123456789abcdefSECRET" not in text
+    assert SECRET.encode() not in (tmp_path / "s.sqlite3").read_bytes()
+
+
+def test_session_token_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pk_ run with a revoked token and a refused re-mint never logs the token or key."""
+    caplog.set_level(logging.DEBUG)
+    pk = "pk_live_public_key_abcdef123456"
+    with DevServer(public_key=pk) as srv:
+        client = segops.SegOpsClient(
+            srv.url,
+            pk,
+            get_user=lambda: segops.UserContext(user_id="alice"),
+            spool_path=tmp_path / "s.sqlite3",
+            flush_interval=60,
+            retry_policy=FAST,
+            on_error=lambda exc: None,
+        )
+        try:
+            client.track(user_id="a", event_type="e")
+            client.flush(timeout=5)
+            token = ingestion(srv)[0].headers["authorization"].split(" ", 1)[1]
+            srv.revoke_tokens()
+            srv.public_key = "pk_live_rotated_key_999999"
+            client.track(user_id="a", event_type="e")
+            with pytest.raises(segops.AuthError) as info:
+                client.flush(timeout=5)
+        finally:
+            with contextlib.suppress(segops.SegOpsError):
+                client.shutdown(timeout=0.5)
+    time.sleep(0.05)
+    for text in (caplog.text, str(info.value), repr(info.value), repr(client)):
+        assert token not in text
+        assert pk not in text

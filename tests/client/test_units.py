@@ -1,0 +1,282 @@
+"""Narrow unit tests at the transport seam (httpx.MockTransport) and pure helpers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import time
+from typing import Any, Callable, List, Optional
+
+import httpx
+import pytest
+import segops
+from segops._delivery import _classify
+from segops._encoding import parse_iso8601
+from segops._http import HttpSender, Reply
+from segops._retry import Retryable
+from segops._session import REFRESH_SKEW, Session
+
+
+def sender(handler: Callable[[httpx.Request], httpx.Response]) -> HttpSender:
+    return HttpSender(
+        api_url="http://segops.test/", timeout=2.0, transport=httpx.MockTransport(handler)
+    )
+
+
+def reply(status: int, headers: Optional[dict] = None, body: Any = None) -> Reply:
+    """A Reply built by a real httpx round trip through MockTransport."""
+    content = json.dumps(body if body is not None else {"detail": f"status {status}"}).encode()
+    http = sender(lambda request: httpx.Response(status, headers=headers or {}, content=content))
+    return http.post("/api/ingestion/track/batch/", b"{}", {})
+
+
+# -- classification --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_classify_2xx_is_success(status: int) -> None:
+    """Any 2xx is success."""
+    assert _classify(reply(status)).status == status
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_classify_transient_is_retryable(status: int) -> None:
+    """408, 429 and 5xx are retryable."""
+    with pytest.raises(Retryable) as info:
+        _classify(reply(status))
+    assert info.value.status == status
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_classify_content_errors_are_rejections(status: int) -> None:
+    """400/413/422 are neither retried nor auth errors: they split/dead-letter."""
+    with pytest.raises(Exception) as info:
+        _classify(reply(status, body={"detail": "bad event"}))
+    assert not isinstance(info.value, (Retryable, segops.AuthError))
+    assert "bad event" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(401, segops.AuthError), (403, segops.AuthError), (404, segops.DeliveryError)],
+)
+def test_classify_auth_and_not_found(status: int, cls: type) -> None:
+    """401/403 are AuthError; 404 a DeliveryError that is not an AuthError; detail kept."""
+    with pytest.raises(cls) as info:
+        _classify(reply(status, body={"detail": "why"}))
+    assert info.value.status == status
+    assert info.value.detail == "why"
+    if status == 404:
+        assert not isinstance(info.value, segops.AuthError)
+
+
+def test_retry_after_seconds() -> None:
+    """Retry-After in delta-seconds is read as a float."""
+    assert reply(429, {"Retry-After": "7"}).retry_after() == 7.0
+    with pytest.raises(Retryable) as info:
+        _classify(reply(429, {"Retry-After": "3"}))
+    assert info.value.retry_after == 3.0
+
+
+def test_retry_after_http_date() -> None:
+    """Retry-After as an HTTP date becomes the seconds until then."""
+    value = email.utils.formatdate(time.time() + 30, usegmt=True)
+    got = reply(503, {"Retry-After": value}).retry_after()
+    assert got is not None and 28.0 <= got <= 30.5
+
+
+@pytest.mark.parametrize("value", ["soon", "", "-5"])
+def test_retry_after_garbage_or_negative(value: str) -> None:
+    """Unparsable Retry-After is None; a negative or past one is never below zero."""
+    got = reply(429, {"Retry-After": value}).retry_after()
+    assert got is None or got == 0.0
+
+
+def test_retry_after_past_date_is_zero() -> None:
+    """An HTTP date in the past means retry now."""
+    value = email.utils.formatdate(time.time() - 60, usegmt=True)
+    assert reply(429, {"Retry-After": value}).retry_after() == 0.0
+
+
+def test_transport_errors_become_retryable() -> None:
+    """A connection error at the transport is Retryable, never an httpx exception."""
+
+    def boom(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(Retryable):
+        sender(boom).post("/api/ingestion/track/batch/", b"{}", {})
+
+
+def test_client_honours_retry_after_at_the_seam(tmp_path: Any) -> None:
+    """Through MockTransport: a 429 'Retry-After: 0.5' delays the second call by ~0.5 s."""
+    calls: List[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"Retry-After": "0.5"}, json={"detail": "slow"})
+        return httpx.Response(200, json={"queued": 1, "skipped": 0})
+
+    client = segops.SegOpsClient(
+        "http://segops.test",
+        "sk_x",
+        spool_path=tmp_path / "s.sqlite3",
+        flush_interval=60,
+        transport=httpx.MockTransport(handler),
+        retry_policy=segops.RetryPolicy(attempts=3, timeout=5, wait_initial=0.01, wait_max=0.02),
+    )
+    try:
+        time.sleep(0.05)
+        client.track(user_id="u", event_type="e")
+        client.flush(timeout=5)
+    finally:
+        client.shutdown(timeout=1)
+    assert len(calls) == 2
+    assert 0.45 <= calls[1] - calls[0] < 1.5
+
+
+# -- session expires_at -----------------------------------------------------------------------
+
+EXPIRY = dt.datetime(2031, 5, 17, 8, 30, 15, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("text", "micro"),
+    [
+        ("2031-05-17T08:30:15Z", 0),
+        ("2031-05-17T08:30:15.123456Z", 123456),
+        ("2031-05-17T08:30:15.5Z", 500000),
+        ("2031-05-17T08:30:15.123456789Z", 123456),
+        ("2031-05-17T08:30:15+00:00", 0),
+        ("2031-05-17T10:30:15.25+02:00", 250000),
+        ("2031-05-17T08:30:15z", 0),
+    ],
+)
+def test_session_expires_at_parsing(text: str, micro: int) -> None:
+    """The mint answer's expires_at (Z/offset, with or without fraction) is parsed exactly."""
+    bodies: List[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append((request.headers["authorization"], json.loads(request.content)))
+        return httpx.Response(200, json={"token": "tok", "expires_at": text, "uid": "alice"})
+
+    session = Session(
+        api_key="pk_test_key",
+        get_user=lambda: segops.UserContext(user_id="alice"),
+        http=sender(handler),
+    )
+    token = session.current()
+    assert token.expires_at == pytest.approx(EXPIRY.timestamp() + micro / 1e6, abs=1e-6)
+    assert (token.value, token.uid) == ("tok", "alice")
+    assert bodies == [("ApiKey pk_test_key", {"user_id": "alice"})]
+    assert session.current() is token  # far from expiry: reused, no second mint
+    assert len(bodies) == 1
+
+
+def test_session_refreshes_inside_skew() -> None:
+    """A token expiring in less than 60 s is replaced on the next use."""
+    count = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        count[0] += 1
+        soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=REFRESH_SKEW - 1)
+        return httpx.Response(
+            200, json={"token": f"t{count[0]}", "expires_at": soon.isoformat(), "uid": "u"}
+        )
+
+    session = Session(
+        api_key="pk_k", get_user=lambda: segops.UserContext(anonymous_id="a"), http=sender(handler)
+    )
+    assert session.current().value == "t1"
+    assert session.current().value == "t2"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"token": "t"},
+        {"expires_at": "2031-01-01T00:00:00Z"},
+        {"token": "t", "expires_at": "tomorrow"},
+    ],
+)
+def test_session_bad_answer_is_delivery_error(body: Any) -> None:
+    """A mint answer without a usable token/expires_at is a DeliveryError."""
+    session = Session(
+        api_key="pk_k",
+        get_user=lambda: segops.UserContext(user_id="u"),
+        http=sender(lambda request: httpx.Response(200, json=body)),
+    )
+    with pytest.raises(segops.DeliveryError):
+        session.current()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-01-02T03:04:05Z", dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)),
+        (
+            "2024-01-02T03:04:05.000001+00:00",
+            dt.datetime(2024, 1, 2, 3, 4, 5, 1, tzinfo=dt.timezone.utc),
+        ),
+        ("2024-01-02T04:04:05-01:00", dt.datetime(2024, 1, 2, 5, 4, 5, tzinfo=dt.timezone.utc)),
+    ],
+)
+def test_parse_iso8601(text: str, expected: dt.datetime) -> None:
+    """parse_iso8601 handles Z, offsets and fractions on any Python >= 3.9."""
+    assert parse_iso8601(text) == expected
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+VECTOR = "a2671fc6b8bb0721d781eb8ee9695fdcf9e3218c0296aecee05f0660af223462"
+
+
+def test_sign_user_id_test_vector() -> None:
+    """Key 00ff, user u-4, ts 1700000000 gives the documented signature."""
+    assert segops.sign_user_id("00ff", "u-4", 1700000000) == {
+        "user_id": "u-4",
+        "user_id_sig": VECTOR,
+        "user_id_ts": 1700000000,
+    }
+
+
+def test_sign_user_id_defaults_ts_to_now() -> None:
+    """Without ts the signature is stamped with the current whole second."""
+    before = int(time.time())
+    signed = segops.sign_user_id("00ff", "u-4")
+    assert before <= signed["user_id_ts"] <= int(time.time())
+    assert isinstance(signed["user_id_ts"], int)
+    assert segops.verify_user_id(
+        "00ff", "u-4", str(signed["user_id_sig"]), int(signed["user_id_ts"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("offset", "ok"), [(0, True), (299, True), (-299, True), (301, False), (-301, False)]
+)
+def test_verify_user_id_window(offset: int, ok: bool) -> None:
+    """verify_user_id accepts the vector within +-5 minutes of now, not beyond."""
+    now = 1700000000 + offset
+    assert segops.verify_user_id("00ff", "u-4", VECTOR, 1700000000, now=now) is ok
+
+
+@pytest.mark.parametrize(
+    ("user", "sig", "ts"),
+    [
+        ("u-5", VECTOR, 1700000000),
+        ("u-4", VECTOR[:-1] + "0", 1700000000),
+        ("u-4", VECTOR, 1700000001),
+        ("u-4", "", 1700000000),
+    ],
+)
+def test_verify_user_id_rejects_tampering(user: str, sig: str, ts: int) -> None:
+    """A different user, signature or timestamp does not verify."""
+    assert segops.verify_user_id("00ff", user, sig, ts, now=1700000000) is False
+
+
+def test_sign_user_id_bad_secret() -> None:
+    """A non-hex secret is a ValueError."""
+    with pytest.raises(ValueError):
+        segops.sign_user_id("not-hex", "u-4", 1)
