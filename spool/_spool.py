@@ -51,11 +51,15 @@ _PENDING = int(Status.PENDING)
 _FIND_GROUP = (
     "SELECT key, first_id, last_id FROM batches WHERE until <= ? ORDER BY first_id LIMIT 1"
 )
-_RANGE = (
-    "SELECT id, data FROM records WHERE id BETWEEN ? AND ? AND data IS NOT NULL ORDER BY id"
+_RANGE = "SELECT id, data FROM records WHERE id BETWEEN ? AND ? AND data IS NOT NULL ORDER BY id"
+# (id, size, created): the claim transaction never touches the records' bytes.
+_FRESH_SUMMARY = (
+    "SELECT min(id), max(id), sum(length(data)), max(created) FROM"
+    " (SELECT id, data, created FROM records WHERE id > ? AND data IS NOT NULL"
+    " ORDER BY id LIMIT ?)"
 )
 _FRESH = (
-    "SELECT id, data, created FROM records WHERE id > ? AND data IS NOT NULL"
+    "SELECT id, length(data), created FROM records WHERE id > ? AND data IS NOT NULL"
     " ORDER BY id LIMIT ?"
 )
 _TOMBSTONE = "SELECT value FROM meta WHERE key = 'tombstone'"
@@ -96,6 +100,7 @@ class Spool:
     _conn: Optional[sqlite3.Connection]
     _cursor: Optional[sqlite3.Cursor]  # hot path: set only when conn + checkpointer are ready
     _ckpt_conn: Optional[sqlite3.Connection]
+    _read_conn: Optional[sqlite3.Connection]  # reads claimed rows outside the writer lock
     _thread: Optional[threading.Thread]
 
     def __init__(
@@ -139,6 +144,8 @@ class Spool:
         self._conn = None
         self._cursor = None
         self._ckpt_conn = None
+        self._read_lock = threading.Lock()
+        self._read_conn = None
         self._thread = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -244,21 +251,42 @@ class Spool:
             raise ValueError("max_records must be >= 1")
         owner = f"{self._instance}.{_token()}"
 
-        def txn(conn: sqlite3.Connection) -> Optional[Batch]:
+        def txn(conn: sqlite3.Connection) -> Union[Batch, tuple[str, int, int], None]:
             now = time.time()
             batch = self._reclaim(conn, owner, now, now + lease)
-            if batch is None:
-                batch = self._claim_fresh(
-                    conn, max_records, max_bytes, owner, now + lease, now - min_age
-                )
-            return batch
+            if batch is not None:
+                return batch
+            return self._claim_fresh(
+                conn, max_records, max_bytes, owner, now + lease, now - min_age
+            )
 
-        return self._write("claim", txn)
+        claimed = self._write("claim", txn)
+        if claimed is None or isinstance(claimed, Batch):
+            return claimed
+        # The records' bytes are read after the writer lock is released: appends (and other
+        # processes) wait only for the tiny transaction that leases the id range.
+        key, first, last = claimed
+        rows = self._read_range(first, last)
+        return Batch(key, _records(rows), owner) if rows else None
+
+    def _read_range(self, first: int, last: int) -> list[Any]:
+        """The live rows of a range this Spool has leased (nobody else deletes them)."""
+        with self._read_lock:
+            conn = self._read_conn
+            try:
+                if conn is None:
+                    if self._closed:
+                        raise SpoolError(f"spool {self._path} is closed")
+                    conn = _storage.connect(
+                        self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
+                    )
+                    self._read_conn = conn
+                return conn.execute(_RANGE, (first, last)).fetchall()
+            except sqlite3.Error as exc:
+                raise _storage.translate(exc, self._path, "claim") from exc
 
     @staticmethod
-    def _reclaim(
-        conn: sqlite3.Connection, owner: str, now: float, until: float
-    ) -> Optional[Batch]:
+    def _reclaim(conn: sqlite3.Connection, owner: str, now: float, until: float) -> Optional[Batch]:
         """Re-lease the oldest released/expired batch, whole, with its key (or None)."""
         while True:
             row = conn.execute(_FIND_GROUP, (now,)).fetchone()
@@ -283,24 +311,20 @@ class Spool:
         owner: str,
         until: float,
         created_by: float,
-    ) -> Optional[Batch]:
+    ) -> Optional[tuple[str, int, int]]:
+        """Lease the oldest un-batched rows as a new batch: its (key, first id, last id)."""
         # Un-batched rows are exactly those above every batch's range (see the schema).
         floor = int(conn.execute("SELECT coalesce(max(last_id), 0) FROM batches").fetchone()[0])
-        fresh = conn.execute(_FRESH, (floor, max_records)).fetchall()
-        # A batch owns an id range, so stop at the first row that is too young rather
-        # than skipping it (a skipped row inside the range would be acked unsent).
-        rows = list(itertools.takewhile(lambda row: row[2] <= created_by, fresh))
-        if not rows:
+        span = _fresh_span(conn, floor, max_records, max_bytes, created_by)
+        if span is None:
             return None
-        if max_bytes is not None:
-            rows = _cap_bytes(rows, max_bytes)
         key = str(uuid.uuid4())
         conn.execute(
             "INSERT INTO batches(key, first_id, last_id, status, owner, until)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (key, rows[0][0], rows[-1][0], _LEASED, owner, until),
+            (key, span[0], span[1], _LEASED, owner, until),
         )
-        return Batch(key, _records(rows), owner)
+        return key, span[0], span[1]
 
     def renew(self, batch: Batch, *, lease: float = 60.0) -> bool:
         """Extend my lease on ``batch``; False if it was lost (re-claimed, acked, split)."""
@@ -321,9 +345,7 @@ class Spool:
             if span is None:
                 return 0  # stale: the lease was lost and someone else holds these rows
             conn.execute("DELETE FROM batches WHERE key = ?", (batch.key,))
-            return _delete_live(
-                conn, "id BETWEEN ? AND ? AND data IS NOT NULL", [span]
-            )
+            return _delete_live(conn, "id BETWEEN ? AND ? AND data IS NOT NULL", [span])
 
         deleted = self._write("ack", txn)
         with self._lock:
@@ -370,8 +392,16 @@ class Spool:
                 " SELECT ?, ?, ?, status, owner, until FROM batches WHERE key = ?"
                 " UNION ALL"
                 " SELECT ?, ?, ?, status, owner, until FROM batches WHERE key = ?",
-                (first.key, span[0], second.records[0].id - 1, batch.key,
-                 second.key, second.records[0].id, span[1], batch.key),
+                (
+                    first.key,
+                    span[0],
+                    second.records[0].id - 1,
+                    batch.key,
+                    second.key,
+                    second.records[0].id,
+                    span[1],
+                    batch.key,
+                ),
             )
             conn.execute("DELETE FROM batches WHERE key = ?", (batch.key,))
 
@@ -544,11 +574,13 @@ class Spool:
             with self._lock:
                 if not self._closed:
                     self._checkpoint_once()
-        if self._max_bytes is not None:
+        # Recount (a full scan, which picks up other processes' writes) only once the
+        # local estimate gets near the limit; far below it, an exact figure buys nothing.
+        if self._max_bytes is not None and self._bytes >= self._max_bytes // 2:
             with self._ckpt_lock:
                 conn = self._ckpt_conn
                 if conn is not None:
-                    self._bytes = self._count_bytes(conn)  # picks up other processes' writes
+                    self._bytes = self._count_bytes(conn)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -567,9 +599,11 @@ class Spool:
             thread.join(timeout=max(5.0, self._busy_timeout))
         with self._ckpt_lock:
             ckpt, self._ckpt_conn = self._ckpt_conn, None
+        with self._read_lock:
+            reader, self._read_conn = self._read_conn, None
         with self._lock:
             conn, self._conn = self._conn, None
-        for c in (ckpt, conn):
+        for c in (ckpt, reader, conn):
             if c is not None:
                 try:
                     c.close()
@@ -651,19 +685,19 @@ class Spool:
     def _before_fork(self) -> None:
         self._lock.acquire()
         self._ckpt_lock.acquire()
+        self._read_lock.acquire()
 
     def _after_fork_parent(self) -> None:
+        self._read_lock.release()
         self._ckpt_lock.release()
         self._lock.release()
 
     def _after_fork_child(self) -> None:
-        _fork.leak(self._cursor, self._conn, self._ckpt_conn)
+        _fork.leak(self._cursor, self._conn, self._ckpt_conn, self._read_conn)
         self._reset_process_state()
 
 
-def _delete_live(
-    conn: sqlite3.Connection, where: str, params: Sequence[tuple[object, ...]]
-) -> int:
+def _delete_live(conn: sqlite3.Connection, where: str, params: Sequence[tuple[object, ...]]) -> int:
     """DELETE live records matching ``where``, but keep the id high-water mark.
 
     If the row with the highest id is among them it becomes the tombstone instead (see
@@ -671,16 +705,16 @@ def _delete_live(
     """
     top = int(conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0])
     deleted = conn.executemany(f"DELETE FROM records WHERE {where}", params).rowcount
-    if deleted and top and conn.execute(
-        "SELECT 1 FROM records WHERE id = ?", (top,)
-    ).fetchone() is None:
+    if (
+        deleted
+        and top
+        and conn.execute("SELECT 1 FROM records WHERE id = ?", (top,)).fetchone() is None
+    ):
         old = conn.execute(_TOMBSTONE).fetchone()
         if old is not None:
             conn.execute("DELETE FROM records WHERE id = ? AND data IS NULL", (old[0],))
         conn.execute("INSERT INTO records(id, data, created) VALUES (?, NULL, NULL)", (top,))
-        conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('tombstone', ?)", (top,)
-        )
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('tombstone', ?)", (top,))
     return deleted
 
 
@@ -698,11 +732,36 @@ def _owned_span(conn: sqlite3.Connection, batch: Batch) -> Optional[tuple[int, i
     return None if row is None else (int(row[0]), int(row[1]))
 
 
+def _fresh_span(
+    conn: sqlite3.Connection,
+    floor: int,
+    max_records: int,
+    max_bytes: Optional[int],
+    created_by: float,
+) -> Optional[tuple[int, int]]:
+    """First and last id of the oldest un-batched rows that fit the limits (or None)."""
+    # Usually the whole window fits: one aggregate row instead of one row per record.
+    first, last, size, newest = conn.execute(_FRESH_SUMMARY, (floor, max_records)).fetchone()
+    if first is None:
+        return None
+    if (max_bytes is None or size <= max_bytes) and newest <= created_by:
+        return int(first), int(last)
+    fresh = conn.execute(_FRESH, (floor, max_records)).fetchall()
+    # A batch owns an id range, so stop at the first row that is too young rather
+    # than skipping it (a skipped row inside the range would be acked unsent).
+    rows = list(itertools.takewhile(lambda row: row[2] <= created_by, fresh))
+    if not rows:
+        return None
+    if max_bytes is not None:
+        rows = _cap_bytes(rows, max_bytes)
+    return int(rows[0][0]), int(rows[-1][0])
+
+
 def _cap_bytes(rows: list[Any], max_bytes: int) -> list[Any]:
-    """Longest prefix of ``(id, data, ...)`` rows within ``max_bytes``, but never empty."""
+    """Longest prefix of ``(id, size, ...)`` rows within ``max_bytes``, but never empty."""
     total = 0
     for n, row in enumerate(rows):
-        total += len(row[1])
+        total += int(row[1])
         if total > max_bytes:
             return rows[: max(1, n)]
     return rows
