@@ -16,6 +16,8 @@ logger = logging.getLogger("segops")
 #: problems (401/403/404 with an sk_ key) wait up to five minutes; events stay spooled.
 TRANSIENT_BACKOFF = (1.0, 60.0)
 AUTH_BACKOFF = (5.0, 300.0)
+#: After a wake-up by ``batch_size`` new events, wait this long before claiming.
+COALESCE_DELAY = 0.2
 
 
 class Flusher:
@@ -76,7 +78,10 @@ class Flusher:
                 self._report(SegOpsError(f"unexpected error in the flusher: {exc!r}"))
                 self._stop.wait(_backoff(exc, failures))
                 continue
-            self._wake.wait(self._interval)
+            if self._wake.wait(self._interval):
+                # Woken by a burst of track() calls: linger a moment so the burst leaves in
+                # a few large requests. Every request costs the tracking threads GIL time.
+                self._stop.wait(COALESCE_DELAY)
             self._wake.clear()
 
 
