@@ -25,7 +25,6 @@ from ._cli_drain import (
     SpoolStatus,
     UsageError,
     drain_spool,
-    final_delivered,
     human_age,
     human_bytes,
     open_spool,
@@ -691,6 +690,7 @@ def cmd_track(ns: argparse.Namespace) -> int:
         url,
         key,
         spool_path=path,
+        background=False,  # the flush below is the only sender
         on_error=seen,
         get_user=session_user(key, ns.user_id),
     )
@@ -704,7 +704,7 @@ def cmd_track(ns: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)
-    delivered = final_delivered(client, 0)
+    delivered = client.stats().delivered  # the snapshot taken by shutdown()
     status = spool_status(path)
     left = status.pending + status.leased
     if ns.json:

@@ -245,7 +245,7 @@ def _drain(
         api_url,
         api_key,
         spool_path=path,
-        flush_interval=3600.0,
+        background=False,  # only this drain sends, so its counters tell the whole story
         on_error=seen,
         get_user=session_user(api_key, user_id),
     )
@@ -293,10 +293,9 @@ def _drain(
                     Progress(client.stats().delivered, remaining, time.monotonic() - start)
                 )
     finally:
-        delivered = _delivered(client, 0)
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)  # no second attempt: what is left stays spooled
-        delivered = final_delivered(client, delivered)
+    delivered = client.stats().delivered  # the snapshot taken by shutdown()
     elapsed = time.monotonic() - start
     stats = inspect.stats()
     return DrainResult(
@@ -310,25 +309,6 @@ def _drain(
         seconds=elapsed,
         error=outcome["error"],
     )
-
-
-def _delivered(client: SegOpsClient, default: int) -> int:
-    try:
-        return client.stats().delivered
-    except (SegOpsError, spool.SpoolError):
-        return default
-
-
-def final_delivered(client: SegOpsClient, before_shutdown: int) -> int:
-    """The client's delivered count once it is shut down.
-
-    ``stats()`` needs the (then closed) spool, and the flusher bumps the counter just
-    after its ack, so a count read before ``shutdown()`` can miss the last batch. The
-    counters object outlives the spool; read it when it is there (same package).
-    """
-    counters = getattr(client, "_counters", None)
-    value = getattr(counters, "delivered", None)
-    return value if isinstance(value, int) else before_shutdown
 
 
 def human_age(seconds: Optional[float]) -> str:
