@@ -19,7 +19,7 @@ import httpx
 import spool
 
 from ._delivery import Counters, Delivery
-from ._encoding import encode_event, event_from_args, identify_from_args, now_iso
+from ._encoding import encode_common, encode_event, event_from_args, identify_from_args
 from ._errors import (
     ConfigurationError,
     FlushTimeout,
@@ -167,20 +167,15 @@ class SegOpsClient:
             and (payload is None or type(payload) is dict)
         ):
             # The common call, already valid: skip the general argument handling.
-            wire: Dict[str, Any] = {
-                "user_id": user_id,
-                "event_type": event_type,
-                "occurred_at": now_iso(),
-                "payload": {} if payload is None else payload,
-            }
-        else:
-            wire = event_from_args(
-                event,
-                user_id=user_id,
-                event_type=event_type,
-                occurred_at=occurred_at,
-                payload=payload,
-            )
+            self._commit(encode_common(user_id, event_type, {} if payload is None else payload))
+            return
+        wire = event_from_args(
+            event,
+            user_id=user_id,
+            event_type=event_type,
+            occurred_at=occurred_at,
+            payload=payload,
+        )
         self._commit(encode_event(wire))
 
     def track_many(self, events: Iterable[Union[Event, Dict[str, Any]]]) -> int:

@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from decimal import Decimal
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
 
 from ._types import Context, Event
 
@@ -212,6 +212,33 @@ def encode_event(event: Dict[str, Any], *, payload_name: str = "payload") -> byt
     except (TypeError, ValueError) as exc:
         where = _find_bad_value(event["payload"], payload_name) or payload_name
         raise type(exc)(f"{where}: {exc}") from None
+    return _within_limit(data)
+
+
+def encode_common(user_id: str, event_type: str, payload: Dict[str, Any]) -> bytes:
+    """``encode_event`` for the common, already-checked ``track()`` call, a bit faster.
+
+    The caller has checked that both ids are non-blank ``str`` and ``payload`` a ``dict``.
+    The output is byte for byte what ``encode_event`` makes of the same event; any error in
+    the payload goes through ``encode_event`` so that it names the field.
+    """
+    occurred_at = now_iso()
+    try:
+        body = _to_json(payload)
+    except (TypeError, ValueError):
+        event = {"user_id": user_id, "event_type": event_type, "occurred_at": occurred_at}
+        return encode_event({**event, "payload": payload})
+    data = (
+        f'{{"user_id":{_quote(user_id)},"event_type":{_quote(event_type)},'
+        f'"occurred_at":"{occurred_at}","payload":{body}}}'
+    ).encode()
+    return _within_limit(data)
+
+
+_quote: Callable[[str], str] = json_encoder.encode_basestring
+
+
+def _within_limit(data: bytes) -> bytes:
     if len(data) > MAX_EVENT_BYTES:
         raise ValueError(
             f"event is {len(data)} bytes encoded; the limit is {MAX_EVENT_BYTES} bytes (1 MiB)"

@@ -1,0 +1,42 @@
+"""The fast encoder of the common track() call matches the general one byte for byte."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import pytest
+from segops import _encoding
+
+PAYLOADS: Dict[str, Dict[str, Any]] = {
+    "empty": {},
+    "flat": {"path": "/home", "n": 3, "ok": True, "none": None, "pi": 3.25},
+    "nested": {"items": [{"sku": "a", "qty": 2}], "meta": {"tags": ["x", "y"]}},
+    "unicode": {"name": "Zoë", "emoji": "🎉", "quote": 'say "hi"\n'},
+    "converted": {"when": __import__("datetime").date(2026, 1, 2), "tags": ("a", "b")},
+}
+
+
+@pytest.mark.parametrize("name", list(PAYLOADS), ids=list(PAYLOADS))
+@pytest.mark.parametrize("user_id", ["user-123", "Zoë \"q\" \\"])
+def test_encode_common_matches_encode_event(
+    monkeypatch: pytest.MonkeyPatch, name: str, user_id: str
+) -> None:
+    """Same event, same bytes, whichever encoder ran."""
+    monkeypatch.setattr(_encoding, "now_iso", lambda: "2026-11-26T04:16:56.709521+00:00")
+    payload = PAYLOADS[name]
+    fast = _encoding.encode_common(user_id, "page_viewed", payload)
+    wire = _encoding.build_event(user_id, "page_viewed", None, payload)
+    assert fast == _encoding.encode_event(wire)
+
+
+@pytest.mark.parametrize("bad", [{"x": float("nan")}, {"x": [1, object()]}])
+def test_encode_common_errors_name_the_field(bad: Dict[str, Any]) -> None:
+    """A payload JSON cannot carry fails with the path of the bad value."""
+    with pytest.raises((TypeError, ValueError), match=r"payload\['x'\]"):
+        _encoding.encode_common("u", "e", bad)
+
+
+def test_encode_common_refuses_oversized_events() -> None:
+    """Over 1 MiB encoded is a ValueError, as on the general path."""
+    with pytest.raises(ValueError, match="1 MiB"):
+        _encoding.encode_common("u", "e", {"blob": "x" * _encoding.MAX_EVENT_BYTES})
