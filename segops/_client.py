@@ -424,6 +424,13 @@ def _check_settings(
         raise ConfigurationError("api_url must be a non-empty URL such as https://api.segops.ai")
     if not api_url.startswith(("http://", "https://")):
         raise ConfigurationError(f"api_url must start with http:// or https://: {api_url!r}")
+    try:
+        url = httpx.URL(api_url)
+        valid = bool(url.host) and (url.port is None or 0 < url.port < 65536)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        valid = False
+    if not valid or any(c.isspace() for c in api_url):
+        raise ConfigurationError(f"api_url is not a usable URL: {api_url!r}")
     if not isinstance(api_key, str) or not api_key.strip():
         raise ConfigurationError("api_key must be a non-empty sk_… or pk_… key")
     if api_key.startswith("pk_") and get_user is None:

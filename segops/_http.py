@@ -114,7 +114,7 @@ class HttpSender:
             raise Retryable(f"request timed out: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
             raise Retryable(f"could not reach the server: {type(exc).__name__}: {exc}") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise Retryable(f"HTTP failure: {type(exc).__name__}: {exc}") from exc
         return Reply(response.status_code, response.content, dict(response.headers))
 

@@ -392,10 +392,18 @@ def test_unusable_spool_path_is_spool_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "key"),
-    [("", "sk_x"), ("   ", "sk_x"), ("http://127.0.0.1:9", ""), ("ftp://host", "sk_x")],
+    [
+        ("", "sk_x"),
+        ("   ", "sk_x"),
+        ("http://127.0.0.1:9", ""),
+        ("ftp://host", "sk_x"),
+        ("http://", "sk_x"),
+        ("http://exa mple.com", "sk_x"),
+        ("http://127.0.0.1:99999", "sk_x"),
+    ],
 )
 def test_bad_settings_are_value_errors(tmp_path: Path, url: str, key: str) -> None:
-    """An empty key or URL (or a non-http URL) is a ValueError at construction."""
+    """An empty key or URL (or a non-http or malformed URL) is a ValueError at construction."""
     with pytest.raises(ValueError):
         segops.SegOpsClient(url, key, spool_path=tmp_path / "s.sqlite3")
 
