@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 WARMUP = 200
@@ -311,6 +312,32 @@ def run_outage(args: argparse.Namespace) -> None:
     )
 
 
+def floor_after_python_work(path: str, events: List[Dict[str, Any]]) -> List[float]:
+    """The floor's INSERT, timed alone, but with a json.dumps of the event just before it.
+
+    Shows what any Python work between two commits does to the commit itself (caches and
+    branch predictors no longer hold only SQLite's code), which a tight INSERT loop never
+    pays and every real ``track()`` caller does.
+    """
+    from bench_spool import FloorWriter  # type: ignore[import-not-found]
+
+    writer = FloorWriter(Path(path))
+    record = our_record(0)
+    out: List[float] = []
+    clock = time.perf_counter
+    try:
+        for n, ev in enumerate(events):
+            json.dumps(ev)
+            t0 = clock()
+            writer.cur.execute("INSERT INTO records(data) VALUES (?)", (record,))
+            out.append(clock() - t0)
+            if n % 1000 == 999:  # untimed, like the floor's own checkpoints
+                writer.ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        writer.close()
+    return out
+
+
 def run_breakdown(args: argparse.Namespace) -> None:
     import segops
     from segops._encoding import encode_event, event_from_args, now_iso
@@ -339,6 +366,9 @@ def run_breakdown(args: argparse.Namespace) -> None:
             now_iso()
             lat[n] = clock() - t0
         parts.setdefault("  of which _encoding.py:now_iso", []).extend(lat)
+        parts.setdefault(
+            "floor INSERT alone, after an untimed json.dumps", []
+        ).extend(to_ns(floor_after_python_work(os.path.join(base, f"warm-{r}.db"), events)))
         store = spool.Spool(os.path.join(base, f"breakdown-{r}.db"), max_bytes=1024**3)
         lat = [0] * len(events)
         for n in range(len(events)):
