@@ -24,6 +24,7 @@ from ._errors import (
     ConfigurationError,
     FlushTimeout,
     SegOpsError,
+    SpoolCorrupt,
     translate_spool_error,
 )
 from ._flusher import Flusher
@@ -134,6 +135,13 @@ class SegOpsClient:
         self._background = background
         self._final_stats: Optional[ClientStats] = None
         self._flusher = self._new_flusher()
+        if self._spool.recovered_from is not None:
+            self._report(
+                SpoolCorrupt(
+                    f"the spool file was not a usable database; it was moved aside to "
+                    f"{self._spool.recovered_from} and a fresh spool was opened"
+                )
+            )
         if background:
             self._flusher.start()
         self._started_pid = os.getpid()

@@ -192,3 +192,23 @@ def test_session_token_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFix
     for text in (caplog.text, str(info.value), repr(info.value), repr(client)):
         assert token not in text
         assert pk not in text
+
+
+def test_corrupt_spool_is_moved_aside_and_reported(tmp_path: Path) -> None:
+    """A garbage spool file is kept as evidence, a fresh one works, on_error hears of it."""
+    path = tmp_path / "s.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    seen: List[BaseException] = []
+    client = segops.SegOpsClient(
+        "http://127.0.0.1:9", "sk_x", spool_path=path, on_error=seen.append, background=False
+    )
+    try:
+        client.track(user_id="u", event_type="after_recovery")
+        assert client.stats().pending == 1
+    finally:
+        with contextlib.suppress(segops.SegOpsError):
+            client.shutdown(timeout=0.1)
+    corrupt = [e for e in seen if isinstance(e, segops.SpoolCorrupt)]
+    assert len(corrupt) == 1 and "moved aside" in str(corrupt[0])
+    evidence = list(tmp_path.glob("s.sqlite3.corrupt-*"))
+    assert evidence and evidence[0].read_bytes().startswith(b"this is not a database")
