@@ -243,7 +243,10 @@ class SegOpsClient:
             self._closed = True
         _LIVE_CLIENTS.discard(self)
         deadline = None if timeout is None else time.monotonic() + timeout
-        stopped = self._flusher.stop(timeout=min(1.0, timeout or 1.0))
+        # A short grace even for timeout=0: an idle flusher exits at once, and only a
+        # stopped flusher lets us close the spool and the HTTP pool.
+        grace = 1.0 if timeout is None else min(1.0, max(0.1, timeout))
+        stopped = self._flusher.stop(timeout=grace)
         try:
             self._drain_through(self._spool.last_id(), deadline)
         except spool.SpoolError as exc:
