@@ -21,6 +21,8 @@ from ._errors import SpoolCorrupt, SpoolError, SpoolFull
 log = logging.getLogger("spool")
 
 # SQLite primary result codes we translate (extended codes share the low byte).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
@@ -140,9 +142,7 @@ def connect(path: Path, *, busy_timeout: float, synchronous: str) -> sqlite3.Con
         str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            raise SpoolError(f"cannot put spool {path} in WAL mode (got {mode!r})")
+        _enable_wal(conn, path, busy_timeout)
         conn.execute(f"PRAGMA synchronous={synchronous}")
         # Checkpoints run on a separate background connection, never on an appender.
         conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -151,6 +151,32 @@ def connect(path: Path, *, busy_timeout: float, synchronous: str) -> sqlite3.Con
         conn.close()
         raise
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
+    """Put the file in WAL mode, waiting out other processes that are opening it too.
+
+    Switching the journal mode (and the WAL recovery a first reader runs) can answer
+    SQLITE_BUSY at once, without SQLite's busy handler: two processes opening one spool
+    at the same moment would see "database is locked". So retry here, with backoff.
+    """
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.001
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise SpoolError(f"cannot put spool {path} in WAL mode (got {mode!r})")
+            return
+        except sqlite3.OperationalError as exc:
+            if error_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED) and "locked" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 @contextlib.contextmanager
@@ -275,8 +301,9 @@ def _recover(path: Path, busy_timeout: float, synchronous: str, problem: str) ->
                 f"spool {path} is corrupt ({problem}) and could not be moved aside: {exc}"
             ) from exc
         prepare_path(path)
-    log.warning("spool %s was corrupt (%s); moved it to %s and started a fresh spool",
-                path, problem, moved)
+    log.warning(
+        "spool %s was corrupt (%s); moved it to %s and started a fresh spool", path, problem, moved
+    )
     return moved
 
 
