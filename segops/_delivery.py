@@ -181,6 +181,7 @@ class Delivery:
             return list(self._spool.split(batch))
         reason = f"HTTP {exc.reply.status}: {exc.reply.detail()}"
         self._spool.dead_letter(batch.records, reason)
+        self._spool.ack(batch)  # drops the now-empty batch instead of leaving it to expire
         self._counters.add(dead_lettered=1)
         self._report(
             EventRejected(
