@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 WARMUP = 200
 
@@ -366,9 +366,9 @@ def run_breakdown(args: argparse.Namespace) -> None:
             now_iso()
             lat[n] = clock() - t0
         parts.setdefault("  of which _encoding.py:now_iso", []).extend(lat)
-        parts.setdefault(
-            "floor INSERT alone, after an untimed json.dumps", []
-        ).extend(to_ns(floor_after_python_work(os.path.join(base, f"warm-{r}.db"), events)))
+        parts.setdefault("floor INSERT alone, after an untimed json.dumps", []).extend(
+            to_ns(floor_after_python_work(os.path.join(base, f"warm-{r}.db"), events))
+        )
         store = spool.Spool(os.path.join(base, f"breakdown-{r}.db"), max_bytes=1024**3)
         lat = [0] * len(events)
         for n in range(len(events)):
@@ -391,7 +391,56 @@ def run_breakdown(args: argparse.Namespace) -> None:
             lat[n] = clock() - t0
         client.shutdown(timeout=args.shutdown_timeout)
         parts.setdefault("segops/_client.py: track(), flusher idle", []).extend(lat)
+        for name, values in paired_round(args, os.path.join(base, f"paired-{r}"), events):
+            parts.setdefault(name, []).extend(values)
     emit(done=True, parts=parts)
+
+
+def paired_round(
+    args: argparse.Namespace, prefix: str, events: List[Dict[str, Any]]
+) -> List[Tuple[str, List[int]]]:
+    """Call by call: a floor INSERT, a track(), then json.dumps + a second floor INSERT.
+
+    Sequential blocks of the same operation drift by tens of percent on a VM; pairing
+    every track() with a floor INSERT timed just before it gives a steadier ratio.
+    """
+    import segops
+
+    from bench_spool import FloorWriter
+
+    floor, after_json = FloorWriter(Path(prefix + "-f1.db")), FloorWriter(Path(prefix + "-f2.db"))
+    client = segops.SegOpsClient(
+        args.url, args.key, spool_path=prefix + "-c.db", batch_size=10**9, flush_interval=10**6
+    )
+    record = our_record(0)
+    clock = time.perf_counter_ns
+    lat_floor, lat_track, lat_after = [], [], []
+    try:
+        for n, ev in enumerate(events):
+            t0 = clock()
+            floor.cur.execute("INSERT INTO records(data) VALUES (?)", (record,))
+            t1 = clock()
+            client.track(**ev)
+            t2 = clock()
+            json.dumps(ev)
+            t3 = clock()
+            after_json.cur.execute("INSERT INTO records(data) VALUES (?)", (record,))
+            t4 = clock()
+            lat_floor.append(t1 - t0)
+            lat_track.append(t2 - t1)
+            lat_after.append(t4 - t3)
+            if n % 1000 == 999:  # untimed, like the floor's own checkpoints
+                for writer in (floor, after_json):
+                    writer.ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        client.shutdown(timeout=args.shutdown_timeout)
+        floor.close()
+        after_json.close()
+    return [
+        ("paired: floor INSERT", lat_floor),
+        ("paired: track(), flusher idle", lat_track),
+        ("paired: floor INSERT after json.dumps", lat_after),
+    ]
 
 
 def main() -> int:
