@@ -162,18 +162,13 @@ def our_record(i: int) -> bytes:
 
 
 def load_floor() -> Callable[[int, bytes], List[float]]:
-    """``bench_spool.floor_insert_latencies`` when the spool benchmark provides it."""
+    """``bench_spool.floor_insert_latencies``: the spool benchmark's floor, shared."""
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:
         sys.path.insert(0, here)
-    try:
-        from bench_spool import floor_insert_latencies  # type: ignore[import-not-found]
+    from bench_spool import floor_insert_latencies  # type: ignore[import-not-found]
 
-        return floor_insert_latencies  # type: ignore[no-any-return]
-    except ImportError:
-        from _bench_floor import floor_insert_latencies as fallback
-
-        return fallback
+    return floor_insert_latencies  # type: ignore[no-any-return]
 
 
 def context_switches() -> List[int]:

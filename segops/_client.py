@@ -329,8 +329,7 @@ class SegOpsClient:
     # -- internals ----------------------------------------------------------------------
 
     def _commit(self, record: bytes) -> None:
-        if self._closed:
-            raise ClientClosed("this SegOpsClient was shut down; create a new one")
+        self._ensure_open()
         if self._forked:
             self._ensure_flusher()
         try:
