@@ -154,6 +154,7 @@ def _claimer(path: str, stop: Any, out: Any) -> None:
                     break
                 time.sleep(0.002)
                 continue
+            time.sleep(0.005)  # "sending": lets the other claimer take the next batch
             if sp.ack(batch) != len(batch):
                 acked.append("LOST-LEASE")
             acked.extend(r.data.decode() for r in batch.records)
