@@ -113,24 +113,6 @@ def client_info() -> Dict[str, str]:
 # ----------------------------------------------------------------------------- modes
 
 
-def run_floor(args: argparse.Namespace) -> None:
-    """The bare-SQLite floor for the record our client would spool for event #0."""
-    record = our_record(0)
-    floor = load_floor()
-    emit(ready=True, record_bytes=len(record), floor_impl=floor.__module__)
-    wait_go()
-    floor(WARMUP, record)
-    switches = context_switches()
-    lat = floor(args.events, record)
-    switches = [b - a for a, b in zip(switches, context_switches())]
-    emit(
-        done=True,
-        lat_ns=to_ns(lat),
-        preempted=switches[0],
-        waited=switches[1],
-    )
-
-
 def to_ns(values: List[float]) -> List[int]:
     """The floor's latencies in ns. ``floor_insert_latencies`` is documented as returning
     floats; seconds are expected, but a median no bare INSERT could take in seconds means
@@ -185,50 +167,63 @@ def context_switches() -> List[int]:
         return [0, 0]
 
 
-def involuntary_switches() -> Callable[[], int]:
-    """A cheap getter of this thread's involuntary context switches (0 when unknown)."""
-    try:
-        import resource
+#: calls per block: floor and track() blocks alternate, so both see the same machine state
+LATENCY_BLOCK = 500
 
-        who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
-        resource.getrusage(who)
-        return lambda: resource.getrusage(who).ru_nivcsw
-    except (ImportError, OSError, ValueError):
-        return lambda: 0
+
+def timed_tracks(track: Callable[..., Any], events: List[Dict[str, Any]]) -> List[float]:
+    """Seconds per ``track(**event)``: the same loop shape as ``FloorWriter.measure``."""
+    out: List[float] = []
+    clock = time.perf_counter
+    for ev in events:
+        t0 = clock()
+        track(**ev)
+        out.append(clock() - t0)
+    return out
 
 
 def run_latency(args: argparse.Namespace) -> None:
+    """track() latencies while the flusher delivers; for ours, bare-INSERT floor blocks
+    alternate with the track() blocks in this same process (same heap, same flusher
+    thread, same moment), so the ratio compares like with like."""
     errors: List[str] = []
     client = make_client(args, errors)
-    emit(ready=True, **client_info())
+    floor = None
+    record = b""
+    if args.client == "ours":
+        load_floor()  # puts scripts/ on sys.path
+        from bench_spool import FloorWriter
+
+        floor = FloorWriter(Path(args.spool + "-floor.db"))
+        record = our_record(0)
+    emit(ready=True, record_bytes=len(record), **client_info())
     wait_go()
-    track = client.track
-    clock = time.perf_counter_ns
     events = [event_args(i) for i in range(WARMUP + args.events)]
     for ev in events[:WARMUP]:
-        track(**ev)
-    lat = [0] * args.events
+        client.track(**ev)
+    if floor is not None:
+        floor.measure(WARMUP, record)
     profiler = None
     if args.profile:
         import cProfile
 
         profiler = cProfile.Profile()
-        profiler.enable()
-    # Per call, sampled outside the timed interval: was this thread preempted during it?
-    clean = [1] * args.events
-    nivcsw = involuntary_switches()
+    lat: List[float] = []
+    floor_lat: List[float] = []
     switches = context_switches()
-    for n, ev in enumerate(events[WARMUP:]):
-        before = nivcsw()
-        t0 = clock()
-        track(**ev)
-        lat[n] = clock() - t0
-        if nivcsw() != before:
-            clean[n] = 0
+    for start in range(WARMUP, len(events), LATENCY_BLOCK):
+        block = events[start : start + LATENCY_BLOCK]
+        if floor is not None:
+            floor_lat += floor.measure(len(block), record)
+        if profiler is not None:
+            profiler.enable()
+        lat += timed_tracks(client.track, block)
+        if profiler is not None:
+            profiler.disable()
     switches = [b - a for a, b in zip(switches, context_switches())]
-    if profiler is not None:
-        profiler.disable()
     failure = shutdown(client, args)
+    if floor is not None:
+        floor.close()
     if profiler is not None:
         import io
         import pstats
@@ -238,12 +233,12 @@ def run_latency(args: argparse.Namespace) -> None:
         sys.stderr.write(out.getvalue())
     emit(
         done=True,
-        lat_ns=lat,
+        lat_ns=to_ns(lat),
+        floor_ns=to_ns(floor_lat),
         errors=len(errors),
         shutdown_error=failure,
         preempted=switches[0],
         waited=switches[1],
-        clean=clean,
     )
 
 
@@ -394,22 +389,25 @@ def run_breakdown(args: argparse.Namespace) -> None:
 def paired_round(
     args: argparse.Namespace, prefix: str, events: List[Dict[str, Any]]
 ) -> List[Tuple[str, List[int]]]:
-    """Call by call: a floor INSERT, a track(), then json.dumps + a second floor INSERT.
+    """Call by call: a floor INSERT, a track(), json.dumps + a second floor INSERT, and the
+    leanest possible durable track(): our encoder + a bare INSERT, no client code at all.
 
     Sequential blocks of the same operation drift by tens of percent on a VM; pairing
     every track() with a floor INSERT timed just before it gives a steadier ratio.
     """
     import segops
+    from segops._encoding import encode_common
 
     from bench_spool import FloorWriter
 
     floor, after_json = FloorWriter(Path(prefix + "-f1.db")), FloorWriter(Path(prefix + "-f2.db"))
+    lean = FloorWriter(Path(prefix + "-f3.db"))
     client = segops.SegOpsClient(
         args.url, args.key, spool_path=prefix + "-c.db", batch_size=10**9, flush_interval=10**6
     )
     record = our_record(0)
     clock = time.perf_counter_ns
-    lat_floor, lat_track, lat_after = [], [], []
+    lat_floor, lat_track, lat_after, lat_lean = [], [], [], []
     try:
         for n, ev in enumerate(events):
             t0 = clock()
@@ -421,26 +419,31 @@ def paired_round(
             t3 = clock()
             after_json.cur.execute("INSERT INTO records(data) VALUES (?)", (record,))
             t4 = clock()
+            encoded = encode_common(ev["user_id"], ev["event_type"], ev["payload"])
+            lean.cur.execute("INSERT INTO records(data) VALUES (?)", (encoded,))
+            t5 = clock()
             lat_floor.append(t1 - t0)
             lat_track.append(t2 - t1)
             lat_after.append(t4 - t3)
+            lat_lean.append(t5 - t4)
             if n % 1000 == 999:  # untimed, like the floor's own checkpoints
-                for writer in (floor, after_json):
+                for writer in (floor, after_json, lean):
                     writer.ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     finally:
         client.shutdown(timeout=args.shutdown_timeout)
-        floor.close()
-        after_json.close()
+        for writer in (floor, after_json, lean):
+            writer.close()
     return [
         ("paired: floor INSERT", lat_floor),
         ("paired: track(), flusher idle", lat_track),
         ("paired: floor INSERT after json.dumps", lat_after),
+        ("paired: encode_common + floor INSERT, no client", lat_lean),
     ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", choices=("floor", "latency", "throughput", "outage", "breakdown"))
+    parser.add_argument("--mode", choices=("latency", "throughput", "outage", "breakdown"))
     parser.add_argument("--client", choices=("ours", "official"), default="ours")
     parser.add_argument("--url", default="")
     parser.add_argument("--key", default="sk_dev_secret")
@@ -450,7 +453,6 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     runners = {
-        "floor": run_floor,
         "latency": run_latency,
         "throughput": run_throughput,
         "outage": run_outage,

@@ -48,6 +48,7 @@ OFFICIAL_VERSION = "0.2.2"
 OFFICIAL_VENV = REPO / ".venv-official"
 SECRET_KEY = "sk_dev_secret"
 WARMUP = 200  # untimed track() calls before each timed loop (_bench_child.WARMUP)
+LATENCY_BLOCK = 500  # floor and track() blocks alternate (_bench_child.LATENCY_BLOCK)
 
 # Targets (issue #3, "Benchmark").
 TARGET_P50_VS_FLOOR = 1.5
@@ -167,8 +168,7 @@ class Runner:
     tmp: str
     profile: bool = False
     profiles: List[str] = field(default_factory=list)
-    #: track() latencies of the calls during which the timing thread was not preempted
-    clean: Dict[str, List[int]] = field(default_factory=dict)
+    record_bytes: int = 0
     _spools: int = 0
 
     def child(self, client: str, mode: str, url: str, events: int) -> Child:
@@ -248,19 +248,11 @@ class Latency:
         )
 
 
-def floor_ns(run: Runner, events: int) -> Tuple[List[int], int, Dict[str, Any]]:
-    child = run.child("ours", "floor", "", events)
-    info = run.ready(child, "ours")
-    child.go()
-    msg = run.done(child)
-    run.reap(child)
-    return list(msg["lat_ns"]), int(msg.get("preempted", 0)), info
-
-
-def track_ns(run: Runner, client: str, events: int) -> Tuple[List[int], int]:
+def track_ns(run: Runner, client: str, events: int) -> Tuple[List[int], List[int], int]:
+    """(track() latencies, same-process floor latencies -- ours only --, preemptions)."""
     with DevServer() as server:
         child = run.child(client, "latency", server.url, events)
-        run.ready(child, client)
+        info = run.ready(child, client)
         child.go()
         msg = run.done(child)
         stored = _wait_stored(server, events + WARMUP, timeout=10.0)
@@ -270,42 +262,38 @@ def track_ns(run: Runner, client: str, events: int) -> Tuple[List[int], int]:
             f"  warning: {client} delivered {stored}/{events + WARMUP} in the latency run",
             flush=True,
         )
-    lat = list(msg["lat_ns"])
-    clean = msg.get("clean") or [1] * len(lat)
-    run.clean[client] = run.clean.get(client, []) + [x for x, ok in zip(lat, clean) if ok]
-    return lat, int(msg.get("preempted", 0))
+    if client == "ours":
+        run.record_bytes = int(info.get("record_bytes", 0))
+    return list(msg["lat_ns"]), list(msg.get("floor_ns", [])), int(msg.get("preempted", 0))
 
 
 def measure_latencies(
     run: Runner, events: int, rounds: int, official: bool
 ) -> Tuple[Latency, Latency, Optional[Latency]]:
-    """Floor, ours and official in ``rounds`` interleaved rounds, so a change in background
-    load over the run hits all three alike; percentiles over all calls of all rounds."""
+    """Ours (with its same-process floor) and official in ``rounds`` interleaved rounds, so
+    a change in background load over the run hits all alike; percentiles over all calls."""
     per_round = max(1, events // rounds)
     floor: List[int] = []
     ours: List[int] = []
     off: List[int] = []
-    preempted = [0, 0, 0]
-    info: Dict[str, Any] = {}
+    preempted = [0, 0]
     for _ in range(rounds):
-        lat, count, info = floor_ns(run, per_round)
-        floor += lat
-        preempted[0] += count
-        lat, count = track_ns(run, "ours", per_round)
+        lat, floor_lat, count = track_ns(run, "ours", per_round)
         ours += lat
-        preempted[1] += count
+        floor += floor_lat
+        preempted[0] += count
         if official:
-            lat, count = track_ns(run, "official", per_round)
+            lat, _, count = track_ns(run, "official", per_round)
             off += lat
-            preempted[2] += count
+            preempted[1] += count
     results = (
-        Latency.from_ns(floor, preempted[0]),
-        Latency.from_ns(ours, preempted[1]),
-        Latency.from_ns(off, preempted[2]) if official else None,
+        Latency.from_ns(floor, 0),
+        Latency.from_ns(ours, preempted[0]),
+        Latency.from_ns(off, preempted[1]) if official else None,
     )
     print(
-        f"  floor ({info['floor_impl']}.floor_insert_latencies, "
-        f"{info['record_bytes']}-byte record): p50 {results[0].p50:.1f} µs",
+        f"  floor (bench_spool.FloorWriter in our child, {run.record_bytes}-byte record, "
+        f"blocks of {LATENCY_BLOCK} alternating with track()): p50 {results[0].p50:.1f} µs",
         flush=True,
     )
     for name, result in (("ours", results[1]), ("official", results[2])):
@@ -498,7 +486,6 @@ def mark(ok: bool) -> str:
 
 
 def render(
-    clean: Dict[str, Latency],
     floor: Latency,
     ours_lat: Latency,
     off_lat: Optional[Latency],
@@ -548,19 +535,6 @@ def render(
             "",
         ]
     )
-    if "ours" in clean:
-        ours_clean, off_clean = clean["ours"], clean.get("official")
-        rows.append(
-            [
-                "track() p99, not preempted",
-                us(ours_clean.p99),
-                us(off_clean.p99) if off_clean else na,
-                f"{ours_clean.n / ours_lat.n:.0%} of calls",
-                "",
-                "(info)",
-                "",
-            ]
-        )
     if off_tp is not None and off_tp.per_second > 0:
         ratio = ours_tp.per_second / off_tp.per_second
         rows.append(
@@ -617,12 +591,15 @@ def details(
     off_lat: Optional[Latency],
 ) -> str:
     out = []
-    for name, lat in (("floor", floor), ("ours", ours_lat), ("official", off_lat)):
+    out.append(
+        f"bare INSERT floor: mean {floor.mean:.1f} µs, max {floor.max:,.0f} µs over "
+        f"{floor.n:,} calls, in our latency child between blocks of track() calls"
+    )
+    for name, lat in (("ours", ours_lat), ("official", off_lat)):
         if lat:
             out.append(
-                f"{'bare INSERT' if name == 'floor' else 'track()'} {name}: mean "
-                f"{lat.mean:.1f} µs, max {lat.max:,.0f} µs over {lat.n:,} calls; the timing "
-                f"thread was preempted {lat.preempted:,} times ({lat.p_preempted:.1f}% of calls)"
+                f"track() {name}: mean {lat.mean:.1f} µs, max {lat.max:,.0f} µs over "
+                f"{lat.n:,} calls; the timing thread was preempted {lat.preempted:,} times"
             )
     for name, tp in (("ours", ours_tp), ("official", off_tp)):
         if tp:
@@ -729,8 +706,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         off_out = measure_outage(run, "official", n, args.outage_seconds) if off_python else None
         breakdown = measure_breakdown(run, max(1000, n // 6)) if args.breakdown else []
     print()
-    clean = {name: Latency.from_ns(ns) for name, ns in run.clean.items() if ns}
-    print(render(clean, floor, ours_lat, off_lat, ours_tp, off_tp, ours_out, off_out))
+    print(render(floor, ours_lat, off_lat, ours_tp, off_tp, ours_out, off_out))
     print()
     print(details(floor, ours_tp, off_tp, ours_out, off_out, ours_lat, off_lat))
     if breakdown:

@@ -42,8 +42,12 @@ class FloorWriter:
 
     def __init__(self, path: Path) -> None:
         self.conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0",
-                       f"journal_size_limit={_storage.JOURNAL_SIZE_LIMIT}"):
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "wal_autocheckpoint=0",
+            f"journal_size_limit={_storage.JOURNAL_SIZE_LIMIT}",
+        ):
             self.conn.execute(f"PRAGMA {pragma}")
         for steps in _storage.MIGRATIONS:
             for sql in steps:
@@ -164,14 +168,18 @@ def report(samples: int, rounds: int, claim_total: int) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, v in (("bare sqlite3 INSERT (floor)", f), ("Spool.append()", s)):
-        lines.append(f"| {name} | {us(pct(v, .5))} | {us(pct(v, .99))} | {us(pct(v, .999))}"
-                     f" | {us(v[-1])} | {us(statistics.fmean(v))} |")
-    lines.append(f"| ratio spool/floor | {pct(s, .5) / pct(f, .5):.2f}x | "
-                 f"{pct(s, .99) / pct(f, .99):.2f}x | {pct(s, .999) / pct(f, .999):.2f}x |"
-                 f" | {statistics.fmean(s) / statistics.fmean(f):.2f}x |")
+        lines.append(
+            f"| {name} | {us(pct(v, 0.5))} | {us(pct(v, 0.99))} | {us(pct(v, 0.999))}"
+            f" | {us(v[-1])} | {us(statistics.fmean(v))} |"
+        )
+    lines.append(
+        f"| ratio spool/floor | {pct(s, 0.5) / pct(f, 0.5):.2f}x | "
+        f"{pct(s, 0.99) / pct(f, 0.99):.2f}x | {pct(s, 0.999) / pct(f, 0.999):.2f}x |"
+        f" | {statistics.fmean(s) / statistics.fmean(f):.2f}x |"
+    )
     rate = claim_ack_rate(claim_total, 500, RECORD)
-    p50_ok = pct(s, .5) <= 1.3 * pct(f, .5)
-    p99_ok = pct(s, .99) <= 0.5e-3
+    p50_ok = pct(s, 0.5) <= 1.3 * pct(f, 0.5)
+    p99_ok = pct(s, 0.99) <= 0.5e-3
     lines += [
         "",
         f"claim(500)+ack: {rate:,.0f} records/s over {claim_total:,} records"

@@ -329,7 +329,8 @@ class SegOpsClient:
     # -- internals ----------------------------------------------------------------------
 
     def _commit(self, record: bytes) -> None:
-        self._ensure_open()
+        if self._closed:
+            self._ensure_open()  # raises
         if self._forked:
             self._ensure_flusher()
         try:

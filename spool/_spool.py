@@ -167,13 +167,17 @@ class Spool:
 
     def append(self, record: Union[bytes, str]) -> int:
         """Durably append one record; returns its id once the insert has committed."""
-        data = _encode(record)
+        data = record if type(record) is bytes else _encode(record)
         with self._lock:
             cur = self._cursor
             if cur is None:
                 cur = self._activate()
-            if self._max_bytes is not None:
-                self._reserve(len(data))
+            limit = self._max_bytes
+            if limit is not None:
+                if self._bytes + len(data) <= limit:  # _reserve()'s common case, inlined
+                    self._bytes += len(data)
+                else:
+                    self._reserve(len(data))
             try:
                 cur.execute(_INSERT, (data,))
             except sqlite3.Error as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Dict
 
 import pytest
@@ -40,3 +41,15 @@ def test_encode_common_refuses_oversized_events() -> None:
     """Over 1 MiB encoded is a ValueError, as on the general path."""
     with pytest.raises(ValueError, match="1 MiB"):
         _encoding.encode_common("u", "e", {"blob": "x" * _encoding.MAX_EVENT_BYTES})
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.25, 0.5, 0.999, 0.9999997])
+@pytest.mark.parametrize("second", [1_764_140_000, 1_764_140_001])
+def test_now_iso_matches_datetime_isoformat(
+    monkeypatch: pytest.MonkeyPatch, second: int, fraction: float
+) -> None:
+    """The cached-second, table-built timestamp is datetime's UTC isoformat, microseconds."""
+    now = second + fraction
+    monkeypatch.setattr(_encoding.time, "time", lambda: now)
+    expected = dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="microseconds")
+    assert _encoding.now_iso() == expected
