@@ -10,7 +10,8 @@ Everything is measured in the same run and reported as ratios against baselines 
 run (no timed assertions):
 
 1. ``track()`` latency (µs p50/p99/p99.9) of each client while its background flusher
-   delivers to a local DevServer, next to the bare-SQLite floor: one autocommit INSERT of
+   delivers to a local DevServer, next to the bare-SQLite floor measured in the same child
+   process (blocks alternating with the track() blocks): one autocommit INSERT of
    the same record with the spool's schema and settings.
 2. End-to-end delivered events/s: N events tracked as fast as possible, then shutdown; time
    from the first ``track()`` until the server has stored all N.
