@@ -231,10 +231,6 @@ class Latency:
     n: int
     preempted: int = 0  # involuntary context switches of the timing thread (Linux)
 
-    @property
-    def p_preempted(self) -> float:
-        return 100.0 * self.preempted / self.n if self.n else 0.0
-
     @classmethod
     def from_ns(cls, values: Sequence[int], preempted: int = 0) -> Latency:
         us = sorted(v / 1000.0 for v in values)

@@ -237,9 +237,7 @@ def encode_common(user_id: str, event_type: str, payload: Dict[str, Any]) -> byt
         f'{{"user_id":{_quote(user_id)},"event_type":{_quote(event_type)},'
         f'"occurred_at":"{occurred_at}","payload":{body}}}'
     ).encode()
-    if len(data) > MAX_EVENT_BYTES:
-        _within_limit(data)  # raises, naming the size
-    return data
+    return _within_limit(data)
 
 
 _quote: Callable[[str], str] = json_encoder.encode_basestring

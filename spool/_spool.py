@@ -167,17 +167,13 @@ class Spool:
 
     def append(self, record: Union[bytes, str]) -> int:
         """Durably append one record; returns its id once the insert has committed."""
-        data = record if type(record) is bytes else _encode(record)
+        data = _encode(record)
         with self._lock:
             cur = self._cursor
             if cur is None:
                 cur = self._activate()
-            limit = self._max_bytes
-            if limit is not None:
-                if self._bytes + len(data) <= limit:  # _reserve()'s common case, inlined
-                    self._bytes += len(data)
-                else:
-                    self._reserve(len(data))
+            if self._max_bytes is not None:
+                self._reserve(len(data))
             try:
                 cur.execute(_INSERT, (data,))
             except sqlite3.Error as exc:
