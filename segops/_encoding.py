@@ -108,16 +108,13 @@ def now_iso() -> str:
     more than the rest of ``track()``'s encoding together.
     """
     global _second_cache
-    now = time.time()
-    second = int(now)
-    micro = round((now - second) * 1_000_000)  # rounded like datetime.fromtimestamp
-    if micro == 1_000_000:
-        second, micro = second + 1, 0
+    micros = time.time_ns() // 1000  # floored to the microsecond, like datetime.now()
+    second = micros // 1_000_000
     cached_second, prefix = _second_cache
     if cached_second != second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _second_cache = (second, prefix)  # one tuple: threads never see a torn pair
-    return prefix + _MILLIS[micro // 1000] + _MICROS_UTC[micro % 1000]
+    return prefix + _MILLIS[micros // 1000 % 1000] + _MICROS_UTC[micros % 1000]
 
 
 def parse_iso8601(text: str) -> dt.datetime:

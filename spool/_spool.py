@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -37,8 +38,9 @@ T = TypeVar("T")
 StrPath = Union[str, "os.PathLike[str]"]
 
 _INSERT = "INSERT INTO records(data) VALUES (?)"
-# Wake the checkpointer after this many appends (or acked records): ~1 WAL frame each,
-# so ~4 MB of WAL between passes even under a tight append loop.
+# Wake a checkpointer each time record ids pass a multiple of this (ids climb by one per
+# append in any process, so one wake per this many appends in all) and after this many
+# acked records: ~1 WAL frame each, so ~4 MB of WAL between passes in a tight loop.
 _CHECKPOINT_EVERY = 1000
 # WAL content above which the background checkpointer briefly blocks in-process appends
 # to let the WAL restart (see _background_tick). Higher = rarer pauses, bigger WAL.
@@ -121,6 +123,8 @@ class Spool:
         self._path = Path(os.path.abspath(os.fspath(path)))
         self._sync = _storage.SYNCHRONOUS[durability]
         self._max_bytes = max_bytes
+        # Unlimited is a limit never reached: append() then skips a None test per call.
+        self._limit = sys.maxsize if max_bytes is None else max_bytes
         self._busy_timeout = float(busy_timeout)
         self._interval = float(checkpoint_interval)
         self._closed = False
@@ -167,22 +171,25 @@ class Spool:
 
     def append(self, record: Union[bytes, str]) -> int:
         """Durably append one record; returns its id once the insert has committed."""
-        data = _encode(record)
+        data = record if type(record) is bytes else _encode(record)
         with self._lock:
             cur = self._cursor
             if cur is None:
                 cur = self._activate()
-            if self._max_bytes is not None:
-                self._reserve(len(data))
+            size = len(data)
+            if self._bytes + size > self._limit:
+                self._recount_or_refuse(size)
+            self._bytes += size
             try:
                 cur.execute(_INSERT, (data,))
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "append") from exc
-            self._since_kick += 1
-            if self._since_kick >= _CHECKPOINT_EVERY:
-                self._since_kick = 0
-                self._wake.set()
-            return cast(int, cur.lastrowid)
+            rowid: int = cur.lastrowid  # type: ignore[assignment]  # set by every INSERT
+        # Ids climb by one per append, whichever process appends: waking on multiples
+        # wakes some process's checkpointer once per _CHECKPOINT_EVERY appends in all.
+        if rowid % _CHECKPOINT_EVERY == 0:
+            self._wake.set()
+        return rowid
 
     def append_many(self, records: Iterable[Union[bytes, str]]) -> list[int]:
         """Append several records in one transaction; all or none are stored."""
@@ -191,24 +198,27 @@ class Spool:
             return []
 
         def txn(conn: sqlite3.Connection) -> list[int]:
-            if self._max_bytes is not None:
-                self._reserve(sum(len(d) for d in datas))
+            self._reserve(sum(len(d) for d in datas))
             cur = conn.cursor()
             ids = []
             for data in datas:
                 cur.execute(_INSERT, (data,))
                 ids.append(cast(int, cur.lastrowid))
-            self._since_kick += len(ids)  # under self._lock, like append()
             return ids
 
-        return self._write("append_many", txn)
+        ids = self._write("append_many", txn)
+        if ids[-1] // _CHECKPOINT_EVERY != (ids[0] - 1) // _CHECKPOINT_EVERY:
+            self._wake.set()  # the ids passed a multiple of _CHECKPOINT_EVERY, as in append()
+        return ids
 
     def _reserve(self, nbytes: int) -> None:
-        """Raise SpoolFull if ``nbytes`` more would exceed max_bytes (caller holds the lock)."""
-        limit = cast(int, self._max_bytes)
-        if self._bytes + nbytes <= limit:
-            self._bytes += nbytes
-            return
+        """Count ``nbytes`` more against max_bytes or raise SpoolFull (caller holds the lock)."""
+        if self._bytes + nbytes > self._limit:
+            self._recount_or_refuse(nbytes)
+        self._bytes += nbytes
+
+    def _recount_or_refuse(self, nbytes: int) -> None:
+        """The counter says full: raise SpoolFull unless a fresh count leaves room."""
         # The counter may be stale (other processes ack too): recount, but rate-limited
         # so a genuinely full spool doesn't turn every append into a table scan.
         now = time.monotonic()
@@ -218,11 +228,11 @@ class Spool:
                 self._bytes = self._count_bytes(cast(sqlite3.Connection, self._conn))
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "append") from exc
-        if self._bytes + nbytes > limit:
+        if self._bytes + nbytes > self._limit:
             raise SpoolFull(
-                f"spool {self._path} is full: {self._bytes} + {nbytes} bytes > max_bytes={limit}"
+                f"spool {self._path} is full: {self._bytes} + {nbytes} bytes"
+                f" > max_bytes={self._max_bytes}"
             )
-        self._bytes += nbytes
 
     @staticmethod
     def _count_bytes(conn: sqlite3.Connection) -> int:

@@ -43,13 +43,24 @@ def test_encode_common_refuses_oversized_events() -> None:
         _encoding.encode_common("u", "e", {"blob": "x" * _encoding.MAX_EVENT_BYTES})
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.25, 0.5, 0.999, 0.9999997])
+@pytest.mark.parametrize(
+    "fraction_ns", [0, 1_000_000, 250_000_000, 500_000_000, 999_999_000, 999_999_999]
+)
 @pytest.mark.parametrize("second", [1_764_140_000, 1_764_140_001])
 def test_now_iso_matches_datetime_isoformat(
-    monkeypatch: pytest.MonkeyPatch, second: int, fraction: float
+    monkeypatch: pytest.MonkeyPatch, second: int, fraction_ns: int
 ) -> None:
     """The cached-second, table-built timestamp is datetime's UTC isoformat, microseconds."""
-    now = second + fraction
-    monkeypatch.setattr(_encoding.time, "time", lambda: now)
-    expected = dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="microseconds")
-    assert _encoding.now_iso() == expected
+    monkeypatch.setattr(_encoding.time, "time_ns", lambda: second * 10**9 + fraction_ns)
+    expected = dt.datetime.fromtimestamp(second, dt.timezone.utc) + dt.timedelta(
+        microseconds=fraction_ns // 1000  # floored, as datetime.now() does
+    )
+    assert _encoding.now_iso() == expected.isoformat(timespec="microseconds")
+
+
+def test_now_iso_is_now() -> None:
+    """The default occurred_at is the wall clock at the call, to the microsecond."""
+    before = dt.datetime.now(dt.timezone.utc)
+    stamped = dt.datetime.fromisoformat(_encoding.now_iso())
+    after = dt.datetime.now(dt.timezone.utc)
+    assert before <= stamped <= after

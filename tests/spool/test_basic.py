@@ -301,6 +301,24 @@ def test_checkpoint_runs_and_background_thread_stops_on_close(sp: Spool) -> None
                    for t in threading.enumerate())
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("chunk", [1, 250], ids=["append", "append_many"])
+def test_appends_alone_keep_the_wal_bounded(db_path: Path, chunk: int) -> None:
+    """A tight append loop wakes the checkpointer itself: the WAL stays far below its
+    unchecked size although the checkpointer's timer never fires."""
+    total, record = 30_000, b"r" * 3000  # a page each: unchecked, a 120 MB WAL
+    with Spool(db_path, checkpoint_interval=3600) as sp:
+        for start in range(0, total, chunk):
+            if chunk == 1:
+                sp.append(record)
+            else:
+                sp.append_many([record] * chunk)
+            if start % 5_000 == 0:
+                time.sleep(0.05)  # give the checkpointer thread a moment, as real work would
+        wal = Path(f"{db_path}-wal").stat().st_size
+    assert wal < 48 * 1024 * 1024, wal
+
+
 @pytest.mark.timeout(60)
 def test_threads_append_while_a_flusher_acks(sp: Spool) -> None:
     """8 appender threads + 1 flusher: every record acked exactly once, none lost."""
