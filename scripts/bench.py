@@ -18,6 +18,10 @@ run (no timed assertions):
 3. Outage: N events tracked while the server is down between N/3 and 2N/3 (at least
    ``--outage-seconds``), then shutdown; events lost = tracked - stored by the server.
 
+For scale, the same latency rounds also time the in-memory peer SDKs (Segment's
+``track()``, PostHog's ``capture()``; pinned, from the throwaway venv ``.venv-peers``;
+``--no-peers`` skips them): information, not a target.
+
 Each client runs in a child process (``scripts/_bench_child.py``) -- the official one in its
 own throwaway venv ``.venv-official`` because the package names clash -- and every run gets
 a fresh DevServer in this process, so the server never shares a GIL with a client. Network
@@ -45,6 +49,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "scripts" / "_bench_child.py"
+PEER_CHILD = REPO / "scripts" / "_bench_peer.py"
 OFFICIAL_VERSION = "0.2.2"
 OFFICIAL_VENV = REPO / ".venv-official"
 SECRET_KEY = "sk_dev_secret"
@@ -58,6 +63,9 @@ TARGET_E2E_VS_OFFICIAL = 1.3
 
 sys.path.insert(0, str(REPO))
 from segops.devserver import DevServer  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+from _bench_peers import PEER_NAMES, Sink, peers_python  # noqa: E402
 
 # ----------------------------------------------------------------------------- official venv
 
@@ -95,15 +103,17 @@ class ChildError(RuntimeError):
 
 
 class Child:
-    """One ``_bench_child.py`` process speaking JSON lines."""
+    """One ``_bench_child.py`` (or ``_bench_peer.py``) process speaking JSON lines."""
 
-    def __init__(self, python: Path, argv: Sequence[str], *, isolated: bool, cwd: str) -> None:
+    def __init__(
+        self, python: Path, argv: Sequence[str], *, isolated: bool, cwd: str, script: Path = CHILD
+    ) -> None:
         cmd = [str(python)]
         env = dict(os.environ)
         if isolated:  # the official venv must not see this repository's segops
             cmd.append("-I")
             env.pop("PYTHONPATH", None)
-        cmd += [str(CHILD), *argv]
+        cmd += [str(script), *argv]
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finish)
         self.proc = subprocess.Popen(
             cmd,
@@ -167,6 +177,7 @@ class Runner:
     ours_python: Path
     official_python: Optional[Path]
     tmp: str
+    peers_python: Optional[Path] = None
     profile: bool = False
     profiles: List[str] = field(default_factory=list)
     record_bytes: int = 0
@@ -184,6 +195,11 @@ class Runner:
             return Child(self.ours_python, argv, isolated=False, cwd=str(REPO))
         assert self.official_python is not None
         return Child(self.official_python, argv, isolated=True, cwd=self.tmp)
+
+    def peer(self, name: str, url: str, events: int) -> Child:
+        assert self.peers_python is not None
+        argv = ["--peer", name, "--url", url, "--events", str(events)]
+        return Child(self.peers_python, argv, isolated=True, cwd=self.tmp, script=PEER_CHILD)
 
     def ready(self, child: Child, client: str) -> Dict[str, Any]:
         msg = child.next()
@@ -264,15 +280,33 @@ def track_ns(run: Runner, client: str, events: int) -> Tuple[List[int], List[int
     return list(msg["lat_ns"]), list(msg.get("floor_ns", [])), int(msg.get("preempted", 0))
 
 
+def peer_ns(run: Runner, name: str, events: int) -> Tuple[List[int], str]:
+    """(latencies, "<name> <version>") of one peer SDK's track call; checks that it
+    really uploaded (to the sink) while it was timed or at its shutdown."""
+    with Sink() as sink:
+        child = run.peer(name, sink.url, events)
+        info = child.next()
+        if not info.get("ready"):
+            raise ChildError(f"unexpected first message {info!r}")
+        child.go()
+        msg = run.done(child)
+        run.reap(child)
+        if sink.requests == 0:
+            raise ChildError(f"{name} never uploaded to the sink")
+    return list(msg["lat_ns"]), f"{name} {info.get('version', '?')}"
+
+
 def measure_latencies(
     run: Runner, events: int, rounds: int, official: bool
-) -> Tuple[Latency, Latency, Optional[Latency]]:
-    """Ours (with its same-process floor) and official in ``rounds`` interleaved rounds, so
-    a change in background load over the run hits all alike; percentiles over all calls."""
+) -> Tuple[Latency, Latency, Optional[Latency], Dict[str, Latency]]:
+    """Ours (with its same-process floor), official and the peer SDKs in ``rounds``
+    interleaved rounds, so a change in background load over the run hits all alike;
+    percentiles over all calls."""
     per_round = max(1, events // rounds)
     floor: List[int] = []
     ours: List[int] = []
     off: List[int] = []
+    peers: Dict[str, List[int]] = {}
     preempted = [0, 0]
     for _ in range(rounds):
         lat, floor_lat, count = track_ns(run, "ours", per_round)
@@ -283,17 +317,22 @@ def measure_latencies(
             lat, _, count = track_ns(run, "official", per_round)
             off += lat
             preempted[1] += count
+        for name in PEER_NAMES if run.peers_python else ():
+            lat, label = peer_ns(run, name, per_round)
+            peers.setdefault(label, []).extend(lat)
     results = (
         Latency.from_ns(floor, 0),
         Latency.from_ns(ours, preempted[0]),
         Latency.from_ns(off, preempted[1]) if official else None,
+        {label: Latency.from_ns(lat) for label, lat in peers.items()},
     )
     print(
         f"  floor (bench_spool.FloorWriter in our child, {run.record_bytes}-byte record, "
         f"blocks of {LATENCY_BLOCK} alternating with track()): p50 {results[0].p50:.1f} µs",
         flush=True,
     )
-    for name, result in (("ours", results[1]), ("official", results[2])):
+    named = [("ours", results[1]), ("official", results[2]), *results[3].items()]
+    for name, result in named:
         if result is not None:
             print(f"  {name} track(): p50 {result.p50:.1f} µs  p99 {result.p99:.1f} µs", flush=True)
     return results
@@ -617,6 +656,22 @@ def details(
     return "\n".join(out)
 
 
+def peers_section(ours: Latency, peers: Dict[str, Latency]) -> str:
+    """The in-memory peers next to our durable track(): the claim the targets aim at."""
+    lines = [
+        "",
+        "in-memory peer SDKs (same events and loop, default settings, uploading to a local"
+        " sink that answers 200; nothing they hold survives a crash):",
+    ]
+    width = max(len(label) for label in peers)
+    for label, lat in peers.items():
+        lines.append(
+            f"  {label.ljust(width)}  p50 {lat.p50:6.1f} µs  p99 {lat.p99:7.1f} µs   "
+            f"our durable track() p50 = {ours.p50 / lat.p50:.2f}x theirs"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -643,6 +698,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller, faster run")
     parser.add_argument(
         "--no-official", action="store_true", help="skip the official client (no venv needed)"
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip the Segment and PostHog SDKs' track() timings (no .venv-peers needed)",
     )
     parser.add_argument(
         "--profile",
@@ -680,15 +740,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             off_python = official_python()
         except Exception as exc:  # no package index: still run our half
             print(f"official client unavailable ({exc}); running ours only", flush=True)
+    peer_python: Optional[Path] = None
+    if not args.no_peers:
+        try:
+            peer_python = peers_python()
+        except Exception as exc:  # no package index: the peers are information only
+            print(f"peer SDKs unavailable ({exc}); skipping them", flush=True)
     n = args.events
     with tempfile.TemporaryDirectory(prefix="segops-bench-") as tmp:
-        run = Runner(Path(sys.executable), off_python, tmp, profile=args.profile)
+        run = Runner(
+            Path(sys.executable), off_python, tmp, peers_python=peer_python, profile=args.profile
+        )
         print(
             f"[1/3] track() latency: {n:,} calls each in {args.rounds} interleaved rounds "
             f"(after {WARMUP} warm-up calls per round)",
             flush=True,
         )
-        floor, ours_lat, off_lat = measure_latencies(run, n, args.rounds, off_python is not None)
+        floor, ours_lat, off_lat, peer_lat = measure_latencies(
+            run, n, args.rounds, off_python is not None
+        )
         print(
             f"[2/3] end-to-end: {n:,} events tracked, shutdown, stored by the server "
             f"({args.rounds} alternating rounds, median)",
@@ -706,6 +776,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(render(floor, ours_lat, off_lat, ours_tp, off_tp, ours_out, off_out))
     print()
     print(details(floor, ours_tp, off_tp, ours_out, off_out, ours_lat, off_lat))
+    if peer_lat:
+        print(peers_section(ours_lat, peer_lat))
     if breakdown:
         print("\nwhere our track() time goes (per call, same process, 3 interleaved rounds):")
         width = max(len(name) for name, _ in breakdown)
@@ -732,6 +804,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "floor": floor.__dict__,
             "ours_latency": ours_lat.__dict__,
             "official_latency": off_lat.__dict__ if off_lat else None,
+            "peer_latency": {label: lat.__dict__ for label, lat in peer_lat.items()},
             "ours_throughput": dict(ours_tp.__dict__, per_second=ours_tp.per_second),
             "official_throughput": (
                 dict(off_tp.__dict__, per_second=off_tp.per_second) if off_tp else None
