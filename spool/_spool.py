@@ -123,7 +123,7 @@ class Spool:
         self._path = Path(os.path.abspath(os.fspath(path)))
         self._sync = _storage.SYNCHRONOUS[durability]
         self._max_bytes = max_bytes
-        # Unlimited is a limit never reached: append() then skips a None test per call.
+        # Unlimited is a limit never reached: every append counts bytes the same way.
         self._limit = sys.maxsize if max_bytes is None else max_bytes
         self._busy_timeout = float(busy_timeout)
         self._interval = float(checkpoint_interval)
@@ -176,10 +176,7 @@ class Spool:
             cur = self._cursor
             if cur is None:
                 cur = self._activate()
-            size = len(data)
-            if self._bytes + size > self._limit:
-                self._recount_or_refuse(size)
-            self._bytes += size
+            self._reserve(len(data))
             try:
                 cur.execute(_INSERT, (data,))
             except sqlite3.Error as exc:
@@ -212,13 +209,10 @@ class Spool:
         return ids
 
     def _reserve(self, nbytes: int) -> None:
-        """Count ``nbytes`` more against max_bytes or raise SpoolFull (caller holds the lock)."""
-        if self._bytes + nbytes > self._limit:
-            self._recount_or_refuse(nbytes)
-        self._bytes += nbytes
-
-    def _recount_or_refuse(self, nbytes: int) -> None:
-        """The counter says full: raise SpoolFull unless a fresh count leaves room."""
+        """Raise SpoolFull if ``nbytes`` more would exceed max_bytes (caller holds the lock)."""
+        if self._bytes + nbytes <= self._limit:
+            self._bytes += nbytes
+            return
         # The counter may be stale (other processes ack too): recount, but rate-limited
         # so a genuinely full spool doesn't turn every append into a table scan.
         now = time.monotonic()
@@ -233,6 +227,7 @@ class Spool:
                 f"spool {self._path} is full: {self._bytes} + {nbytes} bytes"
                 f" > max_bytes={self._max_bytes}"
             )
+        self._bytes += nbytes
 
     @staticmethod
     def _count_bytes(conn: sqlite3.Connection) -> int:
