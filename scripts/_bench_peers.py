@@ -86,8 +86,11 @@ class _Ok(BaseHTTPRequestHandler):
 
 class _SinkServer(ThreadingHTTPServer):
     daemon_threads = True
-    requests = 0
-    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Ok)
+        self.requests = 0
+        self._lock = threading.Lock()
 
     def count(self) -> None:
         with self._lock:
@@ -98,7 +101,7 @@ class Sink:
     """``with Sink() as sink: sink.url``: answers 200 ``{}`` to anything, on 127.0.0.1."""
 
     def __init__(self) -> None:
-        self._server = _SinkServer(("127.0.0.1", 0), _Ok)
+        self._server = _SinkServer()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

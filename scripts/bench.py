@@ -285,9 +285,7 @@ def peer_ns(run: Runner, name: str, events: int) -> Tuple[List[int], str]:
     really uploaded (to the sink) while it was timed or at its shutdown."""
     with Sink() as sink:
         child = run.peer(name, sink.url, events)
-        info = child.next()
-        if not info.get("ready"):
-            raise ChildError(f"unexpected first message {info!r}")
+        info = run.ready(child, name)
         child.go()
         msg = run.done(child)
         run.reap(child)

@@ -104,17 +104,6 @@ def floor_insert_latencies(n: int, record: bytes) -> List[float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def append_latencies(n: int, record: bytes) -> List[float]:
-    """Seconds per ``Spool.append(record)`` (``n`` samples, temp file)."""
-    tmp = Path(tempfile.mkdtemp(prefix="spool-append-"))
-    writer = SpoolWriter(tmp / "spool.db")
-    try:
-        return writer.measure(n, record)
-    finally:
-        writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def interleaved(samples: int, rounds: int, record: bytes) -> tuple[List[float], List[float]]:
     """(floor, spool) latencies, alternating chunks so both see the same machine state."""
     tmp = Path(tempfile.mkdtemp(prefix="spool-bench-"))
