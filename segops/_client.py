@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -22,6 +23,7 @@ from ._delivery import Counters, Delivery
 from ._encoding import encode_common, encode_event, event_from_args, identify_from_args
 from ._errors import (
     ConfigurationError,
+    DeliveryError,
     FlushTimeout,
     SegOpsError,
     SpoolCorrupt,
@@ -360,8 +362,14 @@ class SegOpsClient:
         """``batch=False``: one inline attempt; what fails stays spooled for the flusher."""
         deadline = time.monotonic() + self._timeout
         try:
+            # fresh_only: send the event just tracked (or an older one no call has tried
+            # yet), not an earlier failure, which is the flusher's to retry.
             self._delivery.deliver_next(
-                deadline=deadline, max_records=1, single=True, policy=_SINGLE_ATTEMPT
+                deadline=deadline,
+                max_records=1,
+                single=True,
+                policy=_SINGLE_ATTEMPT,
+                fresh_only=True,
             )
         except SegOpsError as exc:
             self._report(exc)
@@ -369,12 +377,23 @@ class SegOpsClient:
     def _drain_through(self, target: int, deadline: Optional[float]) -> None:
         while self._spool.pending_through(target) > 0:
             if deadline is not None and time.monotonic() >= deadline:
-                pending = self._spool.pending_through(target)
-                raise FlushTimeout(
-                    f"{pending} event(s) still pending; they stay in the spool", pending=pending
-                )
-            if self._delivery.deliver_next(deadline=deadline) == 0:
+                raise self._flush_timeout(target)
+            try:
+                sent = self._delivery.deliver_next(deadline=deadline)
+            except DeliveryError as exc:
+                # A retry cycle our deadline cut short is a timeout, not a refusal (which
+                # keeps its own type: AuthError, EventsSkipped, ...).
+                timed_out = deadline is not None and time.monotonic() >= deadline
+                if type(exc) is DeliveryError and timed_out:
+                    raise self._flush_timeout(target, cause=exc) from exc
+                raise
+            if sent == 0:
                 time.sleep(0.02)  # the rest is leased by another sender; it acks or expires
+
+    def _flush_timeout(self, target: int, cause: Optional[DeliveryError] = None) -> FlushTimeout:
+        pending = self._spool.pending_through(target)
+        message = f"{pending} event(s) still pending; they stay in the spool"
+        return FlushTimeout(message if cause is None else f"{message} ({cause})", pending=pending)
 
     def _report(self, exc: SegOpsError) -> None:
         """Hand a background failure to ``on_error``; a failing handler is only logged."""
@@ -382,6 +401,12 @@ class SegOpsClient:
         try:
             self._on_error(exc)
         except Exception:
+            logger.exception("segops: the on_error handler raised")
+        except BaseException:
+            # SystemExit/KeyboardInterrupt belong to the main thread; on the flusher's
+            # thread they would only end it, silently, and stop background delivery.
+            if threading.current_thread() is threading.main_thread():
+                raise
             logger.exception("segops: the on_error handler raised")
 
     def _ensure_open(self) -> None:
@@ -437,17 +462,28 @@ def _check_settings(
 ) -> None:
     if not isinstance(api_url, str) or not api_url.strip():
         raise ConfigurationError("api_url must be a non-empty URL such as https://api.segops.ai")
+    shown = _USERINFO.sub("//…@", api_url)  # never echo a password someone put in the URL
     if not api_url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"api_url must start with http:// or https://: {api_url!r}")
+        raise ConfigurationError(f"api_url must start with http:// or https://: {shown!r}")
     try:
         url = httpx.URL(api_url)
         valid = bool(url.host) and (url.port is None or 0 < url.port < 65536)
+        has_userinfo = bool(url.userinfo)
     except (httpx.InvalidURL, ValueError, TypeError):
-        valid = False
+        valid = has_userinfo = False
     if not valid or any(c.isspace() for c in api_url):
-        raise ConfigurationError(f"api_url is not a usable URL: {api_url!r}")
+        raise ConfigurationError(f"api_url is not a usable URL: {shown!r}")
+    if has_userinfo:
+        # It would show in reprs and logs; the API key is the only credential the API takes.
+        raise ConfigurationError(f"api_url must not hold a user name or password: {shown!r}")
     if not isinstance(api_key, str) or not api_key.strip():
         raise ConfigurationError("api_key must be a non-empty sk_… or pk_… key")
+    if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):
+        # It could never be sent in a header, and httpx's error would quote it in full.
+        raise ConfigurationError(
+            f"api_key {redact(api_key)} holds whitespace, control or non-ASCII characters"
+            " (a newline read from a file?)"
+        )
     if api_key.startswith("pk_") and get_user is None:
         raise ConfigurationError("a pk_ key needs get_user= (it returns the UserContext to mint)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -455,6 +491,9 @@ def _check_settings(
     for name, value in (("flush_interval", flush_interval), ("timeout", timeout)):
         if not isinstance(value, (int, float)) or value <= 0:
             raise ConfigurationError(f"{name} must be a positive number of seconds")
+
+
+_USERINFO = re.compile(r"//[^/?#]*@")
 
 
 def _open_spool(path: Path, durability: str, max_bytes: Optional[int]) -> spool.Spool:

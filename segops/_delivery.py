@@ -25,7 +25,7 @@ from ._errors import (
     translate_spool_error,
 )
 from ._http import BATCH_PATH, SINGLE_PATH, HttpSender, Reply
-from ._retry import Retryable, RetryPolicy, call_with_retries
+from ._retry import RETRY_AFTER_CAP, Retryable, RetryPolicy, call_with_retries
 from ._session import Session, Token
 
 logger = logging.getLogger("segops")
@@ -92,6 +92,10 @@ class Delivery:
         # of a split batch. Short, because a sender that dies holds its batch this long.
         self._lease = policy.timeout + request_timeout + 5.0
         self._retiring: Optional[Tuple[Token, int]] = None
+        # A Retry-After that outlived its cycle: no sender of this client (flusher, flush(),
+        # shutdown(), batch=False) posts before this monotonic time. The status is the refusal's.
+        self._hold_until = 0.0
+        self._hold_status: Optional[int] = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -104,14 +108,20 @@ class Delivery:
         single: bool = False,
         policy: Optional[RetryPolicy] = None,
         min_age: float = 0.0,
+        fresh_only: bool = False,
     ) -> int:
         """Claim the oldest available batch and deliver it; returns how many records it held.
 
         Raises :class:`DeliveryError` (the batch is back in the spool) when it could not be sent.
         """
+        self._wait_out_retry_after(policy or self._policy, deadline, cancel)
         try:
             batch = self._spool.claim(
-                max_records, max_bytes=MAX_BATCH_BYTES, lease=self._lease, min_age=min_age
+                max_records,
+                max_bytes=MAX_BATCH_BYTES,
+                lease=self._lease,
+                min_age=min_age,
+                fresh_only=fresh_only,
             )
         except spool.SpoolError as exc:
             raise translate_spool_error(exc) from exc
@@ -123,6 +133,28 @@ class Delivery:
     def retire_token(self, token: Token, boundary: int) -> None:
         """After ``reset_session``: records up to ``boundary`` still go under ``token``."""
         self._retiring = (token, boundary)
+
+    # -- the server's Retry-After ---------------------------------------------------------
+
+    def _wait_out_retry_after(
+        self, policy: RetryPolicy, deadline: Optional[float], cancel: Optional[threading.Event]
+    ) -> None:
+        """Wait until the last ``Retry-After`` has passed: a request before it only earns
+        another refusal. A wait that ``policy`` and ``deadline`` cannot afford raises at once."""
+        left = self._hold_until - time.monotonic()
+        if left <= 0:
+            return
+        if left <= _affordable_wait(policy, deadline):
+            if cancel is None:
+                time.sleep(left)
+                return
+            if not cancel.wait(left):
+                return
+        raise DeliveryError(
+            f"the server asked to wait {left:.1f}s more (Retry-After); events stay spooled",
+            status=self._hold_status,
+            retry_after=max(0.0, self._hold_until - time.monotonic()),
+        )
 
     # -- one batch ----------------------------------------------------------------------
 
@@ -243,7 +275,13 @@ class Delivery:
                 attempt, policy, deadline=deadline, cancel=cancel, on_retry=count_retry
             )
         except Retryable as exc:
-            raise DeliveryError(f"delivery failed after retries: {exc}", status=exc.status) from exc
+            hint = exc.hint_left()
+            if hint is not None:
+                until = time.monotonic() + min(hint, RETRY_AFTER_CAP)
+                self._hold_until, self._hold_status = max(self._hold_until, until), exc.status
+            raise DeliveryError(
+                f"delivery failed after retries: {exc}", status=exc.status, retry_after=hint
+            ) from exc
 
     def _post_once(
         self,
@@ -274,6 +312,15 @@ class Delivery:
 
     def _auth(self, token: Optional[Token]) -> dict[str, str]:
         return {"Authorization": f"ApiKey {self._api_key}"} if token is None else _bearer(token)
+
+
+def _affordable_wait(policy: RetryPolicy, deadline: Optional[float]) -> float:
+    """The longest hint a cycle of ``policy`` would sleep for: none with a single attempt
+    (``batch=False`` never sleeps in ``track()``), else what one cycle may spend on it."""
+    if policy.attempts < 2:
+        return 0.0
+    limit = min(policy.timeout, policy.retry_after_max)
+    return limit if deadline is None else min(limit, deadline - time.monotonic())
 
 
 def _bearer(token: Token) -> dict[str, str]:

@@ -172,15 +172,22 @@ def _signature_ok(secret_hex: str, user_id: str, sig: str, ts: int) -> bool:
 
 
 def _loads(body: bytes) -> Json:
-    """Strict JSON (UTF-8, no NaN/Infinity). Raises ValueError."""
+    """Strict JSON (UTF-8, no NaN/Infinity, no lone surrogates). Raises ValueError."""
 
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=no_constants)
+        parsed = json.loads(body.decode("utf-8"), parse_constant=no_constants)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
+    # json.loads turns a "\udcff" escape into half a UTF-16 pair, which no UTF-8 store
+    # can hold: refuse the body as a strict parser would, instead of failing later.
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("JSON string holds a lone surrogate (not valid Unicode)") from exc
+    return parsed
 
 
 def validate_event(event: Any) -> Optional[Dict[str, List[str]]]:

@@ -30,6 +30,12 @@ _ISO_8601 = re.compile(
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
     r"(Z|z|[+-]\d{2}(?::?\d{2})?)?)?$"
 )
+# The layouts the server accepts as they are (date and time; seconds, 1-9 fraction digits
+# and the offset optional); other ISO-8601 that parse_iso8601 takes is normalized first.
+_WIRE_ISO_8601 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?"
+    r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?\Z"
+)
 _UTC = dt.timezone.utc
 
 
@@ -47,6 +53,8 @@ def _json_default(value: Any) -> Any:
         return value.value
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
+    if isinstance(value, Mapping):  # e.g. MappingProxyType: a dict to JSON
+        return dict(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -92,7 +100,10 @@ def _datetime_text(value: dt.datetime) -> str:
     """ISO-8601 in UTC; a naive datetime is taken to be UTC already."""
     if value.tzinfo is None:
         return value.replace(tzinfo=_UTC).isoformat()
-    return value.astimezone(_UTC).isoformat()
+    try:
+        return value.astimezone(_UTC).isoformat()
+    except OverflowError:  # e.g. year 1 at +01:00: the UTC time would fall in year 0
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
 
 
 _second_cache: Tuple[int, str] = (-1, "")
@@ -140,32 +151,42 @@ def _zone(text: Optional[str]) -> dt.tzinfo:
     if not text or text in ("Z", "z"):
         return _UTC
     digits = text[1:].replace(":", "")
-    offset = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+    hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"UTC offset out of range: {text!r}")
+    offset = dt.timedelta(hours=hours, minutes=minutes)
     return dt.timezone(-offset if text[0] == "-" else offset)
 
 
 def _occurred_at(value: Any) -> str:
     if value is None:
         return now_iso()
-    if isinstance(value, dt.datetime):
-        return _datetime_text(value)
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=_UTC).isoformat()
-    if isinstance(value, str):
-        try:
-            parse_iso8601(value)
-        except ValueError as exc:
-            raise ValueError(f"occurred_at: {exc}") from None
-        return value
+    try:
+        if isinstance(value, dt.datetime):
+            return _datetime_text(value)
+        if isinstance(value, dt.date):
+            return dt.datetime(value.year, value.month, value.day, tzinfo=_UTC).isoformat()
+        if isinstance(value, str):
+            parsed = parse_iso8601(value)
+            if _WIRE_ISO_8601.match(value):
+                return value  # as given, like the official client: the server takes it
+            # ISO-8601 the server would refuse ("2026-11-26", "+05", " ...Z\n"): send the
+            # same instant in the wire's own layout instead of an event it would skip.
+            return _datetime_text(parsed)
+    except ValueError as exc:
+        raise ValueError(f"occurred_at: {exc}") from None
     raise TypeError(
         f"occurred_at must be an ISO-8601 string or a datetime, not {type(value).__name__}"
     )
 
 
 def _identifier(name: str, value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        value = value.value  # what json.dumps (the official client) sends for a str Enum
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise TypeError(f"{name} must be a non-empty string, not {type(value).__name__}")
-    text = str(value)
+    # The value as JSON sees it: str()/repr() of a subclass may say something else.
+    text = str.__str__(value) if isinstance(value, str) else int.__repr__(value)
     if not text or text.isspace():
         raise ValueError(f"{name} must be a non-empty string (not blank)")
     return text
@@ -210,11 +231,34 @@ def build_event(
 def encode_event(event: Dict[str, Any], *, payload_name: str = "payload") -> bytes:
     """JSON-encode a wire event; errors name the offending field."""
     try:
-        data = _to_json(event).encode("utf-8")
+        data = _to_json(event).encode()
+    except UnicodeEncodeError:
+        where = _lone_surrogate_at(event, payload_name)
+        raise ValueError(f"{where}: {_SURROGATE_ERROR}") from None
     except (TypeError, ValueError) as exc:
         where = _find_bad_value(event["payload"], payload_name) or payload_name
         raise type(exc)(f"{where}: {exc}") from None
     return _within_limit(data)
+
+
+# A str can hold half a UTF-16 pair (e.g. from a surrogateescape'd file name): it has no
+# UTF-8 form, and servers that parse it as a \u escape refuse it, mangle it or crash.
+_SURROGATE_ERROR = "a lone surrogate is not valid Unicode (and has no UTF-8 form)"
+
+
+def _lone_surrogate_at(event: Mapping[str, Any], payload_name: str) -> str:
+    for field in ("user_id", "event_type", "anonymous_id"):
+        if not _utf8_ok(event.get(field)):
+            return field
+    return _find_bad_value(event["payload"], payload_name) or payload_name
+
+
+def _utf8_ok(value: Any) -> bool:
+    try:
+        _to_json(value).encode()
+        return True
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return False
 
 
 def encode_common(user_id: str, event_type: str, payload: Dict[str, Any]) -> bytes:
@@ -230,10 +274,15 @@ def encode_common(user_id: str, event_type: str, payload: Dict[str, Any]) -> byt
     except (TypeError, ValueError):
         event = {"user_id": user_id, "event_type": event_type, "occurred_at": occurred_at}
         return encode_event({**event, "payload": payload})
-    data = (
+    text = (
         f'{{"user_id":{_quote(user_id)},"event_type":{_quote(event_type)},'
         f'"occurred_at":"{occurred_at}","payload":{body}}}'
-    ).encode()
+    )
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        event = {"user_id": user_id, "event_type": event_type, "occurred_at": occurred_at}
+        return encode_event({**event, "payload": payload})  # raises, naming the field
     return _within_limit(data)
 
 
@@ -252,16 +301,15 @@ def _find_bad_value(value: Any, path: str, depth: int = 0) -> Optional[str]:
     """Walk a value and name the first part JSON cannot carry (slow path, errors only)."""
     if depth > 50:  # deeper than any real payload: most likely a circular reference
         return path
-    try:
-        _to_json(value)
+    if _utf8_ok(value):
         return None
-    except (TypeError, ValueError):
-        pass
     children: Iterable[Any] = ()
     if isinstance(value, Mapping):
         children = ((f"{path}[{k!r}]", v) for k, v in value.items())
         for key in value:
             if not isinstance(key, (str, int, float, bool)) and key is not None:
+                return f"{path} key {key!r}"
+            if isinstance(key, str) and not _utf8_ok(key):
                 return f"{path} key {key!r}"
     elif isinstance(value, (list, tuple)):
         children = ((f"{path}[{i}]", v) for i, v in enumerate(value))

@@ -32,14 +32,23 @@ class DeliveryError(SegOpsError):
 
     ``status`` is the HTTP status, or ``None`` when no response arrived.
     ``detail`` is the server's explanation, when it gave one.
+    ``retry_after`` is what is left of the server's ``Retry-After``, in seconds from when the
+    error was raised, or ``None`` without one; this client sends nothing before it has passed
+    (hints are honoured up to an hour).
     """
 
     def __init__(
-        self, message: str, *, status: Optional[int] = None, detail: Optional[str] = None
+        self,
+        message: str,
+        *,
+        status: Optional[int] = None,
+        detail: Optional[str] = None,
+        retry_after: Optional[float] = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after
 
 
 class AuthError(DeliveryError):

@@ -8,12 +8,13 @@ from typing import Callable, Optional
 
 from ._delivery import Delivery
 from ._errors import AuthError, DeliveryError, SegOpsError
-from ._retry import backoff_delay
+from ._retry import RETRY_AFTER_CAP, backoff_delay
 
 logger = logging.getLogger("segops")
 
 #: Backoff between failed cycles: transient outages retry within a minute, auth/config
 #: problems (401/403/404 with an sk_ key) wait up to five minutes; events stay spooled.
+#: A server's ``Retry-After`` lengthens the wait to the hint (up to ``RETRY_AFTER_CAP``).
 TRANSIENT_BACKOFF = (1.0, 60.0)
 AUTH_BACKOFF = (5.0, 300.0)
 #: After a wake-up by ``batch_size`` new events, wait this long before claiming.
@@ -86,8 +87,14 @@ class Flusher:
 
 
 def _backoff(exc: BaseException, failures: int) -> float:
-    """A failed cycle waits longer each time; auth and wrong-URL problems wait longest."""
+    """A failed cycle waits longer each time; auth and wrong-URL problems wait longest.
+
+    Never shorter than the server's ``Retry-After``: the released batch must not go back
+    before the server said it would take it.
+    """
     base, cap = TRANSIENT_BACKOFF
     if isinstance(exc, AuthError) or (isinstance(exc, DeliveryError) and exc.status == 404):
         base, cap = AUTH_BACKOFF
-    return max(base / 2, backoff_delay(failures - 1, base=base, cap=cap))
+    delay = max(base / 2, backoff_delay(failures - 1, base=base, cap=cap))
+    hint = exc.retry_after if isinstance(exc, DeliveryError) else None
+    return delay if hint is None else max(delay, min(hint, RETRY_AFTER_CAP))

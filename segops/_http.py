@@ -112,6 +112,10 @@ class HttpSender:
             )
         except httpx.TimeoutException as exc:
             raise Retryable(f"request timed out: {type(exc).__name__}") from exc
+        except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+            # A header httpx cannot send (e.g. a token with a newline): its message quotes
+            # the header, credentials included, so only the exception's type is passed on.
+            raise Retryable(f"could not build the request: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
             raise Retryable(f"could not reach the server: {type(exc).__name__}: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

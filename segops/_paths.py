@@ -49,5 +49,10 @@ def redact(secret: str) -> str:
     """``sk_live_…abcd``: enough to tell keys apart, never enough to use one."""
     if len(secret) <= 12:
         return secret[:3] + "…"
-    prefix = secret[: secret.find("_", 3) + 1] if secret.count("_") >= 2 else secret[:3]
+    # Show a known environment word, never a stretch of the secret that merely looks like one.
+    env = secret[3:].split("_", 1)[0] if secret.count("_") >= 2 else ""
+    prefix = secret[:3] + (env + "_" if env in _KEY_ENVIRONMENTS else "")
     return f"{prefix}…{secret[-4:]}"
+
+
+_KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})

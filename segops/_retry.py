@@ -1,7 +1,8 @@
 """Our retry policy: tenacity underneath, bounded in attempts *and* time, full jitter.
 
 Only :class:`Retryable` is retried: connection errors, timeouts, 408, 429 and 5xx. Everything
-else is the caller's to handle. A ``Retry-After`` hint replaces the backoff for that wait.
+else is the caller's to handle. A ``Retry-After`` hint replaces the backoff for that wait; a hint
+that does not fit in the rest of the cycle ends the cycle, and the caller waits it out.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import tenacity
 
 T = TypeVar("T")
 
+#: The longest ``Retry-After`` honoured between cycles. Rate limits reset within the minute or
+#: the hour; a longer hint is more likely a bogus header or a skewed HTTP date, and it must not
+#: park the spooled events (and the senders waiting on them) indefinitely.
+RETRY_AFTER_CAP = 3600.0
+
 
 class Retryable(Exception):
     """A transient failure worth another attempt; ``retry_after`` is the server's hint."""
@@ -26,6 +32,13 @@ class Retryable(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self._at = time.monotonic()
+
+    def hint_left(self) -> Optional[float]:
+        """What remains of ``retry_after`` now: the hint counts from when the answer arrived."""
+        if self.retry_after is None:
+            return None
+        return max(0.0, self.retry_after - (time.monotonic() - self._at))
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,7 @@ class RetryPolicy:
     timeout: float = 20.0
     wait_initial: float = 0.2
     wait_max: float = 5.0
+    #: The longest ``Retry-After`` slept inside a cycle; a longer one ends the cycle.
     retry_after_max: float = 60.0
 
     def __post_init__(self) -> None:
@@ -64,21 +78,29 @@ def call_with_retries(
 ) -> T:
     """Run ``fn`` until it returns, raises a non-retryable error, or the budget runs out.
 
-    When the budget runs out the last :class:`Retryable` is raised. ``cancel`` interrupts a
+    When the budget runs out the last :class:`Retryable` is raised. So is one whose
+    ``Retry-After`` does not fit in the rest of the budget (or exceeds ``retry_after_max``): at
+    once, because sending before the hint only earns another refusal. ``cancel`` interrupts a
     backoff sleep at once (shutdown must not wait out a 60-second ``Retry-After``).
     """
     budget = _Budget(policy, deadline)
     jitter = tenacity.wait_random_exponential(multiplier=policy.wait_initial, max=policy.wait_max)
 
     def wait(state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hint = getattr(exc, "retry_after", None)
-        delay = min(hint, policy.retry_after_max) if hint is not None else jitter(state)
+        hint = _hint(state)
+        delay = hint if hint is not None else jitter(state)
         return max(0.0, min(delay, budget.left()))
 
     def stop(state: tenacity.RetryCallState) -> bool:
         cancelled = cancel is not None and cancel.is_set()
-        return cancelled or state.attempt_number >= policy.attempts or budget.left() <= 0.05
+        hint = _hint(state)
+        too_long = hint is not None and hint > min(budget.left(), policy.retry_after_max)
+        return (
+            cancelled
+            or too_long
+            or state.attempt_number >= policy.attempts
+            or budget.left() <= 0.05
+        )
 
     def sleep(seconds: float) -> None:
         if cancel is not None:
@@ -100,6 +122,12 @@ def call_with_retries(
         reraise=True,
     )
     return retrying(fn)
+
+
+def _hint(state: tenacity.RetryCallState) -> Optional[float]:
+    """The server's ``Retry-After`` on the failure that just happened, if it gave one."""
+    exc = state.outcome.exception() if state.outcome else None
+    return exc.retry_after if isinstance(exc, Retryable) else None
 
 
 def backoff_delay(failures: int, *, base: float, cap: float) -> float:

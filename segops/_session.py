@@ -45,6 +45,9 @@ class Session:
         self._lock = threading.Lock()
         self._mint_lock = threading.Lock()
         self._token: Optional[Token] = None
+        # Bumped by take() (reset_session): a mint that began under an older generation read
+        # get_user() before the reset, so its token must not be cached for later requests.
+        self._generation = 0
 
     def after_fork(self) -> None:
         """Locks held by another thread at fork time would never be released in the child."""
@@ -52,18 +55,26 @@ class Session:
         self._mint_lock = threading.Lock()
 
     def current(self, *, timeout: Optional[float] = None) -> Token:
-        """A fresh token, minting one if needed; concurrent callers share one mint."""
+        """A fresh token, minting one if needed; concurrent callers share one mint.
+
+        Waiting for another thread's mint counts against ``timeout``: when it runs out this
+        raises :class:`Retryable`, like a mint request that timed out.
+        """
         token = self._token
         if token is not None and token.fresh(time.time()):
             return token
-        with self._mint_lock:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The lock holder may be stuck on a mute server for a whole request timeout.
+        acquired = self._mint_lock.acquire(timeout=-1 if deadline is None else _left(deadline))
+        if not acquired:
+            raise Retryable("session mint: timed out waiting for the mint in flight")
+        try:
             token = self._token  # another thread may have minted while we waited
             if token is not None and token.fresh(time.time()):
                 return token
-            token = self._mint(timeout)
-            with self._lock:
-                self._token = token
-            return token
+            return self._mint_and_cache(None if deadline is None else _left(deadline))
+        finally:
+            self._mint_lock.release()
 
     def invalidate(self, token: Optional[Token] = None) -> None:
         """Drop the cached token (only if it is still ``token``, when one is given)."""
@@ -75,7 +86,20 @@ class Session:
         """Remove and return the cached token (``reset_session``)."""
         with self._lock:
             token, self._token = self._token, None
+            self._generation += 1
             return token
+
+    def _mint_and_cache(self, timeout: Optional[float]) -> Token:
+        """Mint (caller holds ``_mint_lock``) and cache the token unless a reset came first."""
+        generation = self._generation  # read before _mint() calls get_user()
+        token = self._mint(timeout)
+        with self._lock:
+            if generation == self._generation:
+                self._token = token
+        # After a reset the token is still handed to this caller: its batch was claimed before
+        # the reset, so it holds only events tracked under the old identity. Later callers
+        # find no token and mint with the current get_user().
+        return token
 
     def _mint(self, timeout: Optional[float]) -> Token:
         body = json.dumps(self._identity(), separators=(",", ":")).encode()
@@ -113,6 +137,11 @@ class Session:
         if user.user_id_ts is not None:
             body["user_id_ts"] = int(user.user_id_ts)
         return body
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``, never negative (a lock wait rejects negative timeouts)."""
+    return max(0.0, deadline - time.monotonic())
 
 
 def _token_from(reply: Reply) -> Token:

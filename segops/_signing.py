@@ -21,26 +21,37 @@ def _signature(secret_hex: str, user_id: str, ts: int) -> str:
 
 
 def sign_user_id(
-    secret_hex: str, user_id: str, ts: Optional[int] = None
+    secret_hex: str, user_id: Union[str, int], ts: Optional[int] = None
 ) -> Dict[str, Union[str, int]]:
     """Sign ``user_id`` with the public key's HMAC secret.
 
-    Returns ``{"user_id", "user_id_sig", "user_id_ts"}``, ready for ``UserContext``.
-    Never ship ``secret_hex`` to a client.
+    Returns ``{"user_id", "user_id_sig", "user_id_ts"}``, ready for ``UserContext``. An
+    ``int`` id (a Django ``user.id``) is signed and returned as its decimal string, the
+    form ``track()`` sends. Never ship ``secret_hex`` to a client.
     """
-    if not isinstance(user_id, str) or not user_id:
-        raise ValueError("user_id must be a non-empty string")
+    text = _user_id_text(user_id)
+    if not text:
+        raise ValueError("user_id must be a non-empty string or an int")
     stamp = int(time.time()) if ts is None else int(ts)
     return {
-        "user_id": user_id,
-        "user_id_sig": _signature(secret_hex, user_id, stamp),
+        "user_id": text,
+        "user_id_sig": _signature(secret_hex, text, stamp),
         "user_id_ts": stamp,
     }
 
 
+def _user_id_text(user_id: object) -> str:
+    """The signed form of an id: a str as it is, an int (not a bool) in decimal, else ''."""
+    if isinstance(user_id, str):
+        return str.__str__(user_id)
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        return int.__repr__(user_id)
+    return ""
+
+
 def verify_user_id(
     secret_hex: str,
-    user_id: str,
+    user_id: Union[str, int],
     sig: str,
     ts: int,
     *,
@@ -53,7 +64,7 @@ def verify_user_id(
     """
     try:
         stamp = int(ts)
-        expected = _signature(secret_hex, user_id, stamp)
+        expected = _signature(secret_hex, _user_id_text(user_id), stamp)
     except (TypeError, ValueError):
         return False
     current = time.time() if now is None else now

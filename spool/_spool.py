@@ -243,6 +243,7 @@ class Spool:
         max_bytes: Optional[int] = None,
         lease: float = 60.0,
         min_age: float = 0.0,
+        fresh_only: bool = False,
     ) -> Optional[Batch]:
         """Lease the oldest available records, or None when nothing is claimable.
 
@@ -250,7 +251,9 @@ class Spool:
         otherwise up to ``max_records`` pending records (and up to ``max_bytes``, but
         always at least one) become a new batch. ``min_age`` leaves records appended less
         than that many seconds ago alone (a contiguous oldest-first prefix is taken), so a
-        producer that sends its own fresh records can claim them first.
+        producer that sends its own fresh records can claim them first. ``fresh_only``
+        skips released and expired batches: only records never claimed are taken (a
+        producer sending what it just appended leaves old failures to its retry loop).
         """
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
@@ -258,9 +261,10 @@ class Spool:
 
         def txn(conn: sqlite3.Connection) -> Union[Batch, tuple[str, int, int], None]:
             now = time.time()
-            batch = self._reclaim(conn, owner, now, now + lease)
-            if batch is not None:
-                return batch
+            if not fresh_only:
+                batch = self._reclaim(conn, owner, now, now + lease)
+                if batch is not None:
+                    return batch
             return self._claim_fresh(
                 conn, max_records, max_bytes, owner, now + lease, now - min_age
             )

@@ -221,15 +221,16 @@ def test_skipped_reported_as_events_skipped(
     assert len(ingestion(server)) == 1  # not resent
 
 
+@pytest.mark.parametrize("raised", [RuntimeError("handler bug"), SystemExit(3)])
 def test_raising_on_error_does_not_kill_the_flusher(
-    server: DevServer, make_client: MakeClient
+    server: DevServer, make_client: MakeClient, raised: BaseException
 ) -> None:
     """An on_error that raises is survived: the flusher keeps delivering in the background."""
     calls = []
 
     def angry(exc: BaseException) -> None:
         calls.append(exc)
-        raise RuntimeError("handler bug")
+        raise raised
 
     server.script([503] * 3)  # FAST: 3 attempts -> one failed cycle
     client = make_client(on_error=angry, flush_interval=0.1, batch_size=1)
@@ -303,6 +304,21 @@ def test_batch_false_with_server_down_spools_and_reports(
     server.start()
     client.flush(timeout=10)
     assert payload_ids(server) == [0]
+
+
+def test_batch_false_sends_its_own_event_after_a_failure(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog
+) -> None:
+    """batch=False: after one failed send, each track() still sends its own event at once."""
+    client = make_client(batch=False, on_error=errors)
+    server.script([503])
+    client.track(user_id="u", event_type="e", payload={"i": 1})
+    assert errors.of(segops.DeliveryError) and client.stats().pending == 1
+    for i in (2, 3):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+        assert i in payload_ids(server), f"track #{i} did not send its own event"
+    client.flush(timeout=10)
+    assert sorted(payload_ids(server)) == [1, 2, 3]
 
 
 def test_batch_false_single_event_refused_is_dead_lettered(

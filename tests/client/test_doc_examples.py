@@ -173,17 +173,20 @@ def test_types_section_dataclasses(doc_server: DevServer) -> None:
     ]
 
 
+@pytest.mark.parametrize(("user_pk", "uid"), [("user-123", "user-123"), (123, "123")])
 def test_pk_client_with_signed_user_id(
-    doc_server: DevServer, monkeypatch: pytest.MonkeyPatch
+    doc_server: DevServer, monkeypatch: pytest.MonkeyPatch, user_pk: Any, uid: str
 ) -> None:
-    """The signing snippet plus the pk_ snippet: a signed session, events under the user."""
+    """The signing snippet plus the pk_ snippet (str or Django-style int id): a signed
+    session, events under the user."""
     monkeypatch.setenv("SEGOPS_HMAC_SECRET", HMAC_SECRET)
-    ns: Dict[str, Any] = {"current_user": SimpleNamespace(id="user-123")}
+    ns: Dict[str, Any] = {"current_user": SimpleNamespace(id=user_pk)}
     run_doc(SIGNING, doc_server, ns)
     signed = ns["signed"]
     assert set(signed) == {"user_id", "user_id_sig", "user_id_ts"}
+    assert segops.verify_user_id(HMAC_SECRET, uid, signed["user_id_sig"], signed["user_id_ts"])
     assert segops.verify_user_id(
-        HMAC_SECRET, "user-123", signed["user_id_sig"], signed["user_id_ts"]
+        HMAC_SECRET, user_pk, signed["user_id_sig"], signed["user_id_ts"]
     )
     run_doc(PK_CLIENT, doc_server, ns)
     client = ns["client"]
@@ -193,13 +196,13 @@ def test_pk_client_with_signed_user_id(
     finally:
         client.shutdown(timeout=5)
     (event,) = doc_server.events()
-    assert event["user_id"] == "user-123"
+    assert event["user_id"] == uid
     assert event["auth"] == "bearer"
     sessions = [r for r in doc_server.requests if r.path == "/api/auth/session/"]
     assert len(sessions) == 1
     assert sessions[0].headers["authorization"] == "ApiKey pk_..."
     assert sessions[0].json == {
-        "user_id": "user-123",
+        "user_id": uid,
         "user_id_sig": signed["user_id_sig"],
         "user_id_ts": signed["user_id_ts"],
     }

@@ -334,10 +334,13 @@ def test_flush_and_shutdown_respect_their_timeout(
         for i in range(10):
             client.track(user_id="u", event_type="e", payload={"i": i})
         started = time.monotonic()
-        with pytest.raises((segops.FlushTimeout, segops.DeliveryError)):
+        with pytest.raises((segops.FlushTimeout, segops.DeliveryError)) as info:
             getattr(client, call)(timeout=1.0)
         elapsed = time.monotonic() - started
         assert elapsed < 1.6, f"{call}(timeout=1) took {elapsed:.2f}s"
+        if where == "blackhole":  # the deadline, not the retry policy, ended it
+            assert isinstance(info.value, segops.FlushTimeout), repr(info.value)
+            assert info.value.pending == 10
     finally:
         with contextlib.suppress(segops.SegOpsError):
             client.shutdown(timeout=0.5)

@@ -30,6 +30,28 @@ def test_encode_common_matches_encode_event(
     assert fast == _encoding.encode_event(wire)
 
 
+@pytest.mark.parametrize(
+    ("user_id", "payload", "named"),
+    [
+        ("u\udcff", {}, "user_id"),
+        ("u", {"file": "caf\udce9.txt"}, "payload['file']"),
+        ("u", {"x": [{"caf\udce9": 1}]}, "payload['x'][0] key"),
+        ("u", {"split pair": "\ud83d\ude00"}, "payload['split pair']"),
+    ],
+)
+def test_lone_surrogates_fail_alike_on_both_paths(
+    user_id: str, payload: Dict[str, Any], named: str
+) -> None:
+    """A lone surrogate is a ValueError naming where it is, from either encoder."""
+    with pytest.raises(ValueError) as fast:
+        _encoding.encode_common(user_id, "e", payload)
+    with pytest.raises(ValueError) as general:
+        _encoding.encode_event(_encoding.build_event(user_id, "e", None, payload))
+    assert type(fast.value) is type(general.value) is ValueError
+    assert str(fast.value) == str(general.value)
+    assert str(fast.value).startswith(f"{named}") and "surrogate" in str(fast.value)
+
+
 @pytest.mark.parametrize("bad", [{"x": float("nan")}, {"x": [1, object()]}])
 def test_encode_common_errors_name_the_field(bad: Dict[str, Any]) -> None:
     """A payload JSON cannot carry fails with the path of the bad value."""

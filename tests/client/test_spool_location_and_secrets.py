@@ -12,6 +12,9 @@ from typing import Callable, Iterator, List
 import pytest
 import segops
 from _support import FAST, ErrorLog, ingestion, wait_until
+from segops._http import HttpSender
+from segops._paths import redact
+from segops._retry import Retryable
 from segops.devserver import DevServer
 
 SECRET = "sk_live_0123456789abcdefSECRETtail"
@@ -125,6 +128,60 @@ def test_repr_redacts_the_key(tmp_path: Path) -> None:
         assert "http://127.0.0.1:9" in text
     finally:
         client.shutdown(timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [SECRET + "\n", SECRET + "\r\n", " " + SECRET, "sk_live_0123 456789", "sk_live_0123é456789"],
+    ids=["trailing newline", "CRLF", "leading space", "inner space", "non-ASCII"],
+)
+def test_unsendable_keys_are_refused_at_construction(spool_dir: Path, key: str) -> None:
+    """A key no HTTP header can carry is a ConfigurationError that does not quote it."""
+    with pytest.raises(segops.ConfigurationError) as info:
+        segops.SegOpsClient("http://127.0.0.1:9", key)
+    assert isinstance(info.value, ValueError)
+    assert key.strip() not in str(info.value) and "0123456789" not in str(info.value)
+    assert not spool_dir.exists()  # refused before any file was made
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://ops:hunter2pw@api.example.com", "http://:hunter2pw@127.0.0.1:9", "ftp://u:hunter2pw@x"],
+)
+def test_urls_with_credentials_are_refused_without_echoing_them(spool_dir: Path, url: str) -> None:
+    """A user name or password in api_url is a ConfigurationError that does not quote it."""
+    with pytest.raises(segops.ConfigurationError) as info:
+        segops.SegOpsClient(url, SECRET)
+    assert "hunter2pw" not in str(info.value)
+    assert not spool_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("sk_live_0123456789abcd", "sk_live_…abcd"),
+        ("pk_test_0123456789abcd", "pk_test_…abcd"),
+        ("sk_0123456789abcdef_ghij", "sk_…ghij"),  # no environment word: none shown
+        ("sk_0123456789abcdef", "sk_…cdef"),
+        ("sk_short", "sk_…"),
+    ],
+)
+def test_redact_shows_the_environment_and_last_four_only(key: str, shown: str) -> None:
+    """redact() keeps the prefix, a known environment word and the last 4 characters."""
+    assert redact(key) == shown
+
+
+def test_a_header_httpx_refuses_is_reported_without_its_value() -> None:
+    """httpx quotes a bad header in its error; the SDK passes on only the error's type."""
+    with DevServer() as srv:
+        sender = HttpSender(api_url=srv.url, timeout=2.0)
+        try:
+            for bad in ("Bearer token\nSECRETPART", "Bearer tokén-SECRETPART"):
+                with pytest.raises(Retryable) as info:
+                    sender.post("/api/ingestion/track/batch/", b"{}", {"Authorization": bad})
+                assert "SECRETPART" not in f"{info.value} {info.value!r}"
+        finally:
+            sender.close()
 
 
 def test_secrets_absent_from_logs_and_errors_in_a_failing_run(

@@ -276,6 +276,13 @@ def test_verify_user_id_rejects_tampering(user: str, sig: str, ts: int) -> None:
     assert segops.verify_user_id("00ff", user, sig, ts, now=1700000000) is False
 
 
+@pytest.mark.parametrize("bad", [True, "", None, 4.0, b"u-4"])
+def test_sign_user_id_needs_a_str_or_int_id(bad: Any) -> None:
+    """Only a non-empty str or an int (not a bool) can be signed."""
+    with pytest.raises(ValueError):
+        segops.sign_user_id("00ff", bad, 1)
+
+
 def test_sign_user_id_bad_secret() -> None:
     """A non-hex secret is a ValueError."""
     with pytest.raises(ValueError):

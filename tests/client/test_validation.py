@@ -26,6 +26,18 @@ class Level(enum.IntEnum):
     HIGH = 3
 
 
+class Kind(str, enum.Enum):
+    ORDER = "order_placed"
+
+
+class Shouty(str):
+    def __str__(self) -> str:
+        return self.upper()
+
+
+TZ_PLUS_1 = dt.timezone(dt.timedelta(hours=1))
+
+
 class KW(dict):  # type: ignore[type-arg]
     """Marks keyword arguments for track(); anything else is passed as the event."""
 
@@ -73,6 +85,12 @@ BAD_INPUTS: Dict[str, Any] = {
         TypeError,
         "thing",
     ),
+    "user_id lone surrogate": (KW(user_id="u\udcff", event_type="e"), ValueError, "user_id"),
+    "payload lone surrogate": (
+        KW(user_id="u", event_type="e", payload={"file": "caf\udce9.txt"}),
+        ValueError,
+        "file",
+    ),
     "payload bytes": (KW(user_id="u", event_type="e", payload={"raw": b"\x00"}), TypeError, "raw"),
     "occurred_at unparsable": (
         KW(user_id="u", event_type="e", occurred_at="yesterday at noon"),
@@ -83,6 +101,21 @@ BAD_INPUTS: Dict[str, Any] = {
         KW(user_id="u", event_type="e", occurred_at="2024-13-01T00:00:00Z"),
         ValueError,
         "occurred_at",
+    ),
+    "occurred_at offset minutes": (
+        KW(user_id="u", event_type="e", occurred_at="2024-01-01T00:00:00+05:75"),
+        ValueError,
+        "occurred_at",
+    ),
+    "occurred_at before year 1 in UTC": (
+        KW(user_id="u", event_type="e", occurred_at=dt.datetime(1, 1, 1, tzinfo=TZ_PLUS_1)),
+        ValueError,
+        "occurred_at",
+    ),
+    "payload datetime before year 1 in UTC": (
+        KW(user_id="u", event_type="e", payload={"born": dt.datetime(1, 1, 1, tzinfo=TZ_PLUS_1)}),
+        ValueError,
+        "born",
     ),
     "occurred_at number": (
         KW(user_id="u", event_type="e", occurred_at=1700000000),
@@ -218,16 +251,42 @@ def test_conversions_reach_the_server_as_json(server: DevServer, make_client: Ma
         ),
         ("2024-02-29T12:00:00.5+01:00", "2024-02-29T12:00:00.5+01:00"),
         ("2024-02-29T12:00:00Z", "2024-02-29T12:00:00Z"),
+        ("2024-02-29 12:00", "2024-02-29 12:00"),
+        ("2024-02-29T12:00:00+0530", "2024-02-29T12:00:00+0530"),
+        # ISO-8601 the server would skip: the same instant in the wire's layout instead
+        ("2024-02-29", "2024-02-29T00:00:00+00:00"),
+        ("2024-02-29T12:00:00+05", "2024-02-29T07:00:00+00:00"),
+        (" 2024-02-29T12:00:00Z\n", "2024-02-29T12:00:00+00:00"),
+        ("2024-02-29T12:00:00.1234567891Z", "2024-02-29T12:00:00.123456+00:00"),
     ],
 )
 def test_occurred_at_forms(
     server: DevServer, make_client: MakeClient, given: Any, sent: str
 ) -> None:
-    """occurred_at accepts date, aware datetime and ISO strings; datetimes become UTC."""
+    """occurred_at accepts dates, datetimes and ISO-8601 strings; the server takes them all."""
     client = make_client()
     client.track(user_id="u", event_type="e", occurred_at=given)
     client.flush(timeout=10)
     assert server.events()[0]["raw"]["occurred_at"] == sent
+    assert server.stats()["skipped"] == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [(Kind.ORDER, "order_placed"), (Level.HIGH, "3"), (Shouty("quiet"), "quiet")],
+)
+def test_ids_are_sent_as_json_sees_them(
+    server: DevServer, make_client: MakeClient, given: Any, sent: str
+) -> None:
+    """Enum ids are sent as their value and str subclasses as their text, like json.dumps."""
+    client = make_client()
+    client.track(user_id=given, event_type=given)
+    client.identify(user_id=given)
+    client.flush(timeout=10)
+    assert [(e["user_id"], e["event_type"]) for e in server.events()] == [
+        (sent, sent),
+        (sent, "context_identified"),
+    ]
 
 
 def test_set_payload_is_a_list_of_its_members(server: DevServer, make_client: MakeClient) -> None:

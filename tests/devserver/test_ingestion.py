@@ -144,6 +144,8 @@ def test_500_events_accepted_501_is_413(api: Api, srv: DevServer) -> None:
         (b'{"events": {"a": 1}}', BATCH),
         (b'{"events": null}', BATCH),
         (b'{"events": [{"user_id": NaN}]}', BATCH),
+        (b'{"events": [{"user_id": "u\\udcff"}]}', BATCH),
+        (b'{"user_id": "u", "payload": {"f": "\\ud83d"}}', SINGLE),
         (b"\xff\xfe\x00garbage", BATCH),
         (b"[" * 100_000, BATCH),
         (b"{not json", SINGLE),

@@ -1,4 +1,5 @@
-"""claim(min_age=...): young records are left for the producer that sends them itself."""
+"""claim(min_age=...) and claim(fresh_only=True): what a producer that sends its own
+records claims, and what it leaves to the retry loop."""
 
 from __future__ import annotations
 
@@ -38,3 +39,21 @@ def test_min_age_does_not_hold_back_a_released_batch(sp: Spool) -> None:
     sp.release(batch)
     again = sp.claim(10, min_age=60.0)
     assert again is not None and again.key == batch.key
+
+
+def test_fresh_only_skips_released_and_expired_batches(sp: Spool) -> None:
+    """fresh_only takes the oldest never-claimed record; old batches wait for a plain claim."""
+    sp.append(b"failed")
+    released = sp.claim(10)
+    assert released is not None
+    sp.release(released)
+    sp.append(b"lapsed")
+    lapsed = sp.claim(10, lease=0.01, fresh_only=True)
+    assert lapsed is not None and [r.data for r in lapsed.records] == [b"lapsed"]
+    time.sleep(0.05)
+    sp.append(b"new")
+    fresh = sp.claim(1, fresh_only=True)
+    assert fresh is not None and [r.data for r in fresh.records] == [b"new"]
+    assert sp.claim(1, fresh_only=True) is None
+    again = [sp.claim(10) for _ in range(2)]
+    assert [b.key if b else None for b in again] == [released.key, lapsed.key]
