@@ -36,6 +36,8 @@ MAX_BATCH_EVENTS = 500
 MAX_BATCH_BYTES = 5 * 1024 * 1024
 #: How long a retiring session token (``reset_session``) may still be used before it expires.
 RETIRING_SKEW = 5.0
+#: Requests one pk_ attempt can make (see ``Delivery._post_once``): its lease must cover them.
+_MAX_PK_REQUESTS_PER_ATTEMPT = 5
 
 
 class _Rejected(Exception):
@@ -88,9 +90,12 @@ class Delivery:
         self._policy = policy
         self._report = report
         self._counters = counters
-        # Long enough for one retry cycle plus its last request; renewed before every request
-        # of a split batch. Short, because a sender that dies holds its batch this long.
-        self._lease = policy.timeout + request_timeout + 5.0
+        # Long enough for one retry cycle plus its last attempt, whose requests each may take
+        # request_timeout: one with an sk_ key; with pk_ up to five (a retiring token, a
+        # mint, the post, a re-mint after a 401, the post again). Renewed before each batch
+        # of a split. Short otherwise: a sender that dies holds its batch this long.
+        requests_per_attempt = 1 if session is None else _MAX_PK_REQUESTS_PER_ATTEMPT
+        self._lease = policy.timeout + requests_per_attempt * request_timeout + 5.0
         self._retiring: Optional[Tuple[Token, int]] = None
         # A Retry-After that outlived its cycle: no sender of this client (flusher, flush(),
         # shutdown(), batch=False) posts before this monotonic time. The status is the refusal's.

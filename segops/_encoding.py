@@ -93,7 +93,7 @@ def _to_json(value: Any) -> str:
     try:
         return "".join(_C_ENCODER(value, 0))
     except RecursionError:
-        raise ValueError("circular reference detected") from None
+        raise ValueError("circular reference detected (or nesting too deep)") from None
 
 
 def _datetime_text(value: dt.datetime) -> str:
@@ -159,7 +159,7 @@ def _zone(text: Optional[str]) -> dt.tzinfo:
 
 
 def _occurred_at(value: Any) -> str:
-    if value is None:
+    if value is None or value == "":  # "" is absent, as in the official client
         return now_iso()
     try:
         if isinstance(value, dt.datetime):
@@ -297,24 +297,27 @@ def _within_limit(data: bytes) -> bytes:
     return data
 
 
-def _find_bad_value(value: Any, path: str, depth: int = 0) -> Optional[str]:
-    """Walk a value and name the first part JSON cannot carry (slow path, errors only)."""
-    if depth > 50:  # deeper than any real payload: most likely a circular reference
-        return path
+def _find_bad_value(value: Any, path: str, outer: Tuple[int, ...] = ()) -> Optional[str]:
+    """Walk a value and name the first part JSON cannot carry (slow path, errors only).
+
+    ``outer`` holds the ids of the containers around ``value``: meeting one again is a
+    circular reference, named where it closes (``payload['self']``).
+    """
     if _utf8_ok(value):
         return None
+    if id(value) in outer or len(outer) >= 100:  # a cycle, or nesting JSON gives up on
+        return path
     children: Iterable[Any] = ()
     if isinstance(value, Mapping):
         children = ((f"{path}[{k!r}]", v) for k, v in value.items())
         for key in value:
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                return f"{path} key {key!r}"
-            if isinstance(key, str) and not _utf8_ok(key):
+            if not _utf8_ok({key: None}):  # a key JSON cannot carry: NaN, an object, ...
                 return f"{path} key {key!r}"
     elif isinstance(value, (list, tuple)):
         children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    inside = (*outer, id(value))
     for child_path, child in children:
-        found = _find_bad_value(child, child_path, depth + 1)
+        found = _find_bad_value(child, child_path, inside)
         if found is not None:
             return found
     return path

@@ -6,16 +6,18 @@ import collections
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import pytest
 import segops
 from _support import (
     FAST,
+    PK,
     REPO_ROOT,
     SK,
     ErrorLog,
@@ -38,6 +40,15 @@ def spooled(path: Path) -> int:
     """Records still in the spool file (pending or leased), read with a fresh Spool."""
     with spool.Spool(path) as s:
         return s.pending_through(s.last_id())
+
+
+def lease_left(path: Path) -> Optional[float]:
+    """Seconds left on the lease of the batch being sent, read from the spool file itself."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT max(until) FROM batches WHERE status = ?", (int(spool.Status.LEASED),)
+        ).fetchone()
+    return None if row[0] is None else float(row[0]) - time.time()
 
 
 def assert_exactly_once(server: DevServer, expected: List[object]) -> None:
@@ -403,3 +414,19 @@ def test_track_never_waits_for_a_mute_server(blackhole: str, spool_file: Path) -
         with contextlib.suppress(segops.SegOpsError):
             client.shutdown(timeout=0.5)
     assert spooled(spool_file) == 200
+
+
+@pytest.mark.parametrize(("key", "requests"), [(SK, 1), (PK, 5)], ids=["sk_", "pk_"])
+def test_a_batch_in_flight_is_leased_for_its_slowest_cycle(
+    server: DevServer, make_client: MakeClient, spool_file: Path, key: str, requests: int
+) -> None:
+    """Another process may take a batch over only after its sender's slowest possible cycle:
+    the retry budget plus the last attempt's requests (up to 5 with pk_) at full timeout."""
+    server.latency_ms = 1000
+    user = {"get_user": lambda: segops.UserContext(user_id="u")} if key == PK else {}
+    client = make_client(key=key, timeout=2.0, flush_interval=0.05, batch_size=1, **user)
+    client.track(user_id="u", event_type="e")
+    wait_until(lambda: lease_left(spool_file) is not None, timeout=5, interval=0.01)
+    left = lease_left(spool_file)
+    longest = FAST.timeout + requests * 2.0 + 5.0
+    assert left is not None and longest - 1.0 < left <= longest

@@ -289,6 +289,45 @@ def test_ids_are_sent_as_json_sees_them(
     ]
 
 
+@pytest.mark.parametrize("absent", [None, ""])
+def test_absent_occurred_at_is_the_time_of_the_call(
+    server: DevServer, make_client: MakeClient, absent: Any
+) -> None:
+    """occurred_at None or "" (a missing column) is the time of track(), as in 0.2.2."""
+    client = make_client()
+    before = dt.datetime.now(dt.timezone.utc)
+    client.track(user_id="u", event_type="e", occurred_at=absent)
+    client.track({"user_id": "u", "event_type": "e", "occurred_at": absent})
+    after = dt.datetime.now(dt.timezone.utc)
+    client.flush(timeout=10)
+    for event in server.events():
+        assert before <= dt.datetime.fromisoformat(event["raw"]["occurred_at"]) <= after
+
+
+def _circular() -> Dict[str, Any]:
+    loop: Dict[str, Any] = {"a": 1, "items": [1, 2]}
+    loop["items"].append({"back": loop})
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (_circular(), "payload['items'][2]['back']"),
+        ({"scores": {float("nan"): 1}}, "payload['scores'] key nan"),
+        ({"by": {("a", 1): 1}}, "payload['by'] key ('a', 1)"),
+    ],
+    ids=["circular", "NaN key", "tuple key"],
+)
+def test_errors_name_the_exact_spot(make_client: MakeClient, payload: Any, named: str) -> None:
+    """A circular reference is named where it closes, a bad key as that key."""
+    client = make_client()
+    with pytest.raises((TypeError, ValueError)) as info:
+        client.track(user_id="u", event_type="e", payload=payload)
+    assert str(info.value).startswith(f"{named}: ")
+    assert client.stats().pending == 0
+
+
 def test_set_payload_is_a_list_of_its_members(server: DevServer, make_client: MakeClient) -> None:
     """A set of several members arrives as a list with the same members."""
     client = make_client()
