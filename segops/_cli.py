@@ -34,7 +34,7 @@ from ._cli_drain import (
 from ._client import SegOpsClient
 from ._encoding import encode_event, event_from_args
 from ._errors import ConfigurationError, SegOpsError, translate_spool_error
-from ._paths import default_spool_dir, default_spool_path, redact
+from ._paths import default_spool_dir, default_spool_path, display_url, redact
 from ._version import __version__
 
 PROG = "segops"
@@ -326,7 +326,7 @@ def _credentials(ns: argparse.Namespace) -> Tuple[str, str]:
     url, key = _api_url(ns), _api_key(ns)
     assert url is not None and key is not None
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"the API URL must start with http:// or https://: {url!r}")
+        raise UsageError(f"the API URL must start with http:// or https://: {display_url(url)!r}")
     return url, key
 
 
@@ -681,7 +681,8 @@ def cmd_track(ns: argparse.Namespace) -> int:
     path = _spool_path(ns)
     if not events:
         if ns.json:
-            _print_json({"spool": str(path), "tracked": 0, "delivered": 0, "left": 0})
+            empty = {"tracked": 0, "delivered": 0, "left": 0, "error": None}
+            _print_json({"spool": str(path.resolve()), **empty})
         else:
             _out("segops track: no events in the input; nothing to do")
         return 0
@@ -698,7 +699,8 @@ def cmd_track(ns: argparse.Namespace) -> int:
     try:
         tracked = client.track_many(events)
         try:
-            client.flush(timeout=ns.timeout)
+            if ns.timeout != 0:  # 0: spool only, no network at all
+                client.flush(timeout=ns.timeout)
         except (SegOpsError, spool.SpoolError) as exc:  # spooled already: durable, exit 0
             error = seen.describe(exc, url, key)
     finally:

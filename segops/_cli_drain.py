@@ -56,13 +56,17 @@ def require_spool(path: Path) -> None:
         raise UsageError(f"no spool at {path} (nothing was ever spooled there; check --spool)")
     if not path.is_file():
         raise UsageError(f"{path} is not a spool file")
+    wal = path.with_name(path.name + "-wal")
+    if path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+        raise UsageError(f"{path} is an empty file, not a spool (check --spool)")
 
 
 def open_spool(path: Path) -> spool.Spool:
-    """Open an existing spool; spool errors become their segops twins."""
+    """Open an existing spool as it is: a corrupt one raises, it is not moved aside here
+    (a command that reads must not swap it for an empty spool and report all clear)."""
     require_spool(path)
     try:
-        return spool.Spool(path)
+        return spool.Spool(path, recover=False)
     except spool.SpoolError as exc:
         raise translate_spool_error(exc) from exc
 
@@ -122,17 +126,24 @@ class LastError:
     def __call__(self, exc: BaseException) -> None:
         self.exc = exc
 
-    def describe(self, exc: BaseException, api_url: str, api_key: str) -> str:
+    def describe(
+        self, exc: BaseException, api_url: str, api_key: str, *, leased_elsewhere: int = 0
+    ) -> str:
         if not isinstance(exc, FlushTimeout):
             return describe_failure(exc, api_url, api_key)
         if isinstance(self.exc, DeliveryError):
             cause = describe_failure(self.exc, api_url, api_key)
-        else:  # the sender was still retrying when time ran out: say what it is up against
-            cause = probe(api_url) or "the server did not answer in time"
+        else:  # no failure seen: say what the sender was up against when time ran out
+            cause = probe(api_url) or (
+                f"{leased_elsewhere} event(s) are leased by another process (a live sender, "
+                "or a dead one whose lease has not expired yet)"
+                if leased_elsewhere
+                else "the server did not answer in time"
+            )
         return f"{cause}; gave up with {exc.pending} event(s) pending"
 
 
-def probe(api_url: str, timeout: float = 2.0) -> Optional[str]:
+def probe(api_url: str, timeout: float = 0.5) -> Optional[str]:
     """Why the server cannot be reached, or ``None`` when it answers at all."""
     try:
         httpx.get(normalize_url(api_url) + "/", timeout=timeout)
@@ -261,8 +272,9 @@ def _drain(
                 client.flush(timeout=left)
                 return
             except FlushTimeout as exc:
+                leased = inspect.stats().leased  # our own batch went back when time ran out
                 outcome["error"] = f"timed out after {timeout:g}s: " + seen.describe(
-                    exc, api_url, api_key
+                    exc, api_url, api_key, leased_elsewhere=leased
                 )
                 return
             except AuthError as exc:

@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -31,7 +30,7 @@ from ._errors import (
 )
 from ._flusher import Flusher
 from ._http import HttpSender
-from ._paths import default_spool_path, normalize_url, redact
+from ._paths import default_spool_path, display_url, normalize_url, redact
 from ._retry import RetryPolicy
 from ._session import Session
 from ._types import Context, Event, UserContext
@@ -462,7 +461,7 @@ def _check_settings(
 ) -> None:
     if not isinstance(api_url, str) or not api_url.strip():
         raise ConfigurationError("api_url must be a non-empty URL such as https://api.segops.ai")
-    shown = _USERINFO.sub("//…@", api_url)  # never echo a password someone put in the URL
+    shown = display_url(api_url)  # never echo a password in the URL, or a key given as one
     if not api_url.startswith(("http://", "https://")):
         raise ConfigurationError(f"api_url must start with http:// or https://: {shown!r}")
     try:
@@ -491,9 +490,6 @@ def _check_settings(
     for name, value in (("flush_interval", flush_interval), ("timeout", timeout)):
         if not isinstance(value, (int, float)) or value <= 0:
             raise ConfigurationError(f"{name} must be a positive number of seconds")
-
-
-_USERINFO = re.compile(r"//[^/?#]*@")
 
 
 def _open_spool(path: Path, durability: str, max_bytes: Optional[int]) -> spool.Spool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -56,3 +57,14 @@ def redact(secret: str) -> str:
 
 
 _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
+
+
+def display_url(text: str) -> str:
+    """``text`` as an error may show it: a key pasted as the URL comes out redacted, a
+    ``user:password@`` part as ``…@``."""
+    if text.startswith(("sk_", "pk_")):
+        return redact(text)
+    return _USERINFO.sub("//…@", text)
+
+
+_USERINFO = re.compile(r"//[^/?#]*@")

@@ -95,7 +95,9 @@ class Spool:
     If the file at ``path`` is not a usable database it is moved aside to
     ``<name>.corrupt-<UTC timestamp>`` (never deleted), a fresh spool is created, a
     warning is logged on the ``"spool"`` logger and :attr:`recovered_from` names the
-    moved file. :class:`SpoolCorrupt` is raised only when that recovery is impossible.
+    moved file. :class:`SpoolCorrupt` is raised only when that recovery is impossible, or
+    at once with ``recover=False`` (tools that only read must not move files). Another
+    application's SQLite database is refused with :class:`SpoolError`, never modified.
     """
 
     recovered_from: Optional[Path]
@@ -113,6 +115,7 @@ class Spool:
         max_bytes: Optional[int] = None,
         busy_timeout: float = 30.0,
         checkpoint_interval: float = 1.0,
+        recover: bool = True,
     ) -> None:
         if durability not in _storage.SYNCHRONOUS:
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -130,7 +133,7 @@ class Spool:
         self._closed = False
         self._reset_process_state()
         conn, self.recovered_from = _storage.open_spool(
-            self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
+            self._path, busy_timeout=self._busy_timeout, synchronous=self._sync, recover=recover
         )
         self._conn = conn
         if max_bytes is not None:

@@ -229,19 +229,23 @@ def probe(conn: sqlite3.Connection) -> None:
 
 
 def open_spool(
-    path: Path, *, busy_timeout: float, synchronous: str
+    path: Path, *, busy_timeout: float, synchronous: str, recover: bool = True
 ) -> tuple[sqlite3.Connection, Optional[Path]]:
     """Open (creating/migrating/recovering as needed); returns the connection and the
-    path the corrupt file was moved to, if recovery happened."""
+    path the corrupt file was moved to, if recovery happened. ``recover=False`` raises
+    :class:`SpoolCorrupt` for a corrupt file and leaves it exactly as it is."""
     prepare_path(path)
     problem = header_problem(path)
     if problem is None:
+        refuse_foreign_database(path)
         try:
             return _open_checked(path, busy_timeout, synchronous), None
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise translate(exc, path, "open") from exc
             problem = str(exc)
+    if not recover:
+        raise SpoolCorrupt(f"spool {path} is corrupt ({problem}); it was left as it is")
     moved = _recover(path, busy_timeout, synchronous, problem)
     try:
         return _open_checked(path, busy_timeout, synchronous), moved
@@ -270,6 +274,30 @@ def header_problem(path: Path) -> Optional[str]:
     if head[18] not in (1, 2) or head[19] not in (1, 2) or head[21:24] != b"\x40\x20\x20":
         return "not an SQLite database (bad header fields)"
     return None
+
+
+def refuse_foreign_database(path: Path) -> None:
+    """Raise SpoolError if ``path`` is some other application's SQLite database.
+
+    Opening it as a spool would switch it to WAL, add our tables and chmod it. A spool
+    commits its schema and ``user_version`` in one transaction, and a checkpoint copies
+    page 1 first, so a file with more than one page but ``user_version`` 0 (read from the
+    header in Python, before SQLite touches the file) was never a spool.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise SpoolError(f"cannot read spool file {path}: {exc}") from exc
+    if len(head) < 100:
+        return  # empty: a new spool (or one whose content is still all in the WAL)
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if size > page_size and int.from_bytes(head[60:64], "big") == 0:
+        raise SpoolError(
+            f"{path} is an SQLite database that is not a spool; refusing to open it as one"
+        )
 
 
 def _open_checked(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:

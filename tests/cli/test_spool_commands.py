@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
+import stat
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import segops
 from clihelp import SECRET, Runner, event, pending, seed, server_ids
 from segops.devserver import DevServer
+
+import spool
 
 
 @pytest.fixture
@@ -86,6 +92,65 @@ def test_replay_of_missing_spool_creates_nothing(cli: Runner, spool_file: Path) 
         assert result.code == 2
         assert "no spool at" in result.err
     assert not spool_file.exists()
+
+
+@pytest.mark.parametrize("command", [["replay"], ["status"], ["dead-letters", "list"]])
+def test_reading_commands_refuse_a_foreign_database_untouched(
+    cli: Runner, tmp_path: Path, command: List[str]
+) -> None:
+    """Another application's SQLite file is refused (exit 1) and stays byte for byte intact."""
+    app_db = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(app_db)) as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO users (name) VALUES ('ada')")
+        db.commit()
+    os.chmod(app_db, 0o644)
+    before = app_db.read_bytes()
+    result = cli(*command, "--spool", str(app_db))
+    assert result.code == 1 and "not a spool" in result.err, result.err
+    assert app_db.read_bytes() == before
+    assert stat.S_IMODE(app_db.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_reading_commands_refuse_an_empty_file(cli: Runner, spool_file: Path) -> None:
+    """A zero-byte file is not a spool: exit 2, and it stays empty."""
+    spool_file.touch()
+    for args in (["replay"], ["status"], ["dead-letters", "list"]):
+        result = cli(*args, "--spool", str(spool_file))
+        assert result.code == 2 and "empty file" in result.err, result.err
+    assert spool_file.stat().st_size == 0
+
+
+def test_reading_commands_report_a_corrupt_spool_and_leave_it(
+    cli: Runner, spool_file: Path
+) -> None:
+    """A damaged spool is exit 1 'corrupt', not moved aside and replaced by an empty one."""
+    seed(spool_file, 3)
+    raw = bytearray(spool_file.read_bytes())
+    raw[16:18] = b"\x00\x03"  # an impossible page size
+    spool_file.write_bytes(bytes(raw))
+    for args in (["replay"], ["status"], ["dead-letters", "list"]):
+        result = cli(*args, "--spool", str(spool_file))
+        assert result.code == 1 and "corrupt" in result.err, result.err
+    assert spool_file.read_bytes() == bytes(raw)
+    assert not list(spool_file.parent.glob("*.corrupt-*"))
+
+
+def test_replay_timeout_names_a_live_lease(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """replay --timeout while another process holds the batch says so, not "server"."""
+    seed(spool_file, 5)
+    holder = spool.Spool(spool_file)
+    try:
+        assert holder.claim(500, lease=60.0) is not None
+        result = cli("replay", "--spool", str(spool_file), "--timeout", "1")
+    finally:
+        holder.close()
+    assert result.code == 1
+    assert "leased by another process" in result.err, result.err
+    assert not [r for r in server.requests if r.path.startswith("/api/")]  # nothing sent
 
 
 def test_replay_races_a_live_client(cli: Runner, server: DevServer, spool_file: Path) -> None:

@@ -120,6 +120,20 @@ def test_track_server_down_keeps_events(
     assert sorted(server_ids(server)) == ["d-0", "d-1", "d-2"]
 
 
+def test_track_timeout_0_spools_without_any_network(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """--timeout 0 means spool only: no request at all, no error, exit 0."""
+    result = cli(
+        "track", "--user-id", "u", "--event-type", "t", "--spool", str(spool_file),
+        "--timeout", "0", "--json",
+    )
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["tracked"] == 1 and report["left"] == 1 and report["error"] is None
+    assert result.err == "" and not server.requests
+
+
 def test_track_default_spool_then_status(
     cli: Runner, server: DevServer, spool_dir: Path
 ) -> None:

@@ -91,6 +91,7 @@ def test_missing_configuration_exits_2(bare_cli: Runner, args: List[str], env_va
     ("url", "key", "fragment"),
     [
         ("ftp://example.test", "sk_x_1234567890", "http://"),
+        ("sk_live_SECRET0123456789abcd", "sk_live_SECRET0123456789abcd", "http://"),
         ("http://127.0.0.1:9", "not-a-key-1234567890", "neither an sk_ nor a pk_"),
     ],
 )
@@ -100,6 +101,7 @@ def test_bad_configuration_exits_2(bare_cli: Runner, url: str, key: str, fragmen
     line = assert_one_line_error(result)
     assert fragment in line
     assert key not in result.err + result.out
+    assert "SECRET0123456789" not in result.err + result.out  # nor a key or password as URL
 
 
 def test_secret_key_env_is_accepted(bare_cli: Runner, base_env: Dict[str, str]) -> None:

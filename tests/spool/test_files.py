@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +41,39 @@ def test_corrupt_file_is_moved_aside_and_a_fresh_spool_works(
         assert batch is not None and batch.ids == (rid,) and sp.ack(batch) == 1
     with Spool(db_path) as again:
         assert again.recovered_from is None
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_recover_false_raises_and_leaves_a_corrupt_file_alone(db_path: Path, kind: str) -> None:
+    """recover=False: SpoolCorrupt, and the file and its -wal stay exactly as they were."""
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(GARBAGE[kind])
+    Path(f"{db_path}-wal").write_bytes(b"stale wal")
+    with pytest.raises(SpoolCorrupt):
+        Spool(db_path, recover=False)
+    assert db_path.read_bytes() == GARBAGE[kind]
+    assert Path(f"{db_path}-wal").read_bytes() == b"stale wal"
+    assert not list(db_path.parent.glob("*.corrupt-*"))
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_another_applications_database_is_refused_untouched(
+    db_path: Path, journal: str
+) -> None:
+    """A SQLite file with other tables is a SpoolError; no byte, mode or side file changes."""
+    db_path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute(f"PRAGMA journal_mode={journal}")
+        db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+        db.execute("INSERT INTO orders (total) VALUES (9.5)")
+        db.commit()
+    os.chmod(db_path, 0o644)
+    before = sorted(p.name for p in db_path.parent.iterdir()), db_path.read_bytes()
+    for recover in (True, False):
+        with pytest.raises(SpoolError, match="not a spool"):
+            Spool(db_path, recover=recover)
+    assert (sorted(p.name for p in db_path.parent.iterdir()), db_path.read_bytes()) == before
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o644
 
 
 def test_healthy_file_is_not_moved(sp: Spool, db_path: Path) -> None:
