@@ -1,16 +1,18 @@
-"""Fork safety: a child never uses or closes a connection/thread inherited from its parent.
+"""Fork safety: no SQLite connection ever crosses ``fork()``.
 
-SQLite connections must not cross ``fork()``: using one corrupts locking state, and even
-closing one in the child can run a WAL checkpoint/cleanup behind the parent's back. So in
-the child we drop every inherited handle *without closing it* (its refcount is pinned so
-not even interpreter shutdown finalises it) and each Spool lazily opens fresh ones.
+A connection must not be used in a child, and merely keeping one alive there is harmful
+too: SQLite tracks the locks of every open file per process, and POSIX locks are not
+inherited. A child's new connection would then believe the parent's lock on the database
+were its own, hold no real one, and another process closing the spool last would
+checkpoint and delete the WAL under the child's appends. So each Spool closes its
+connections just before ``fork()`` (holding its locks, so no thread is inside SQLite) and
+reopens them lazily afterwards, in the parent and in the child alike.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
+import threading
 import weakref
 from typing import Any, Protocol
 
@@ -23,8 +25,9 @@ class ForkAware(Protocol):
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
 _held: list[Any] = []
-# Inherited handles parked here for the life of the child; see leak().
-_orphans: list[object] = []
+# One fork at a time: two threads forking at once would otherwise interleave their hooks
+# over the shared list above and leave some spool's locks held forever.
+_fork_lock = threading.Lock()
 
 
 def register(obj: ForkAware) -> None:
@@ -32,36 +35,28 @@ def register(obj: ForkAware) -> None:
     _live.add(obj)
 
 
-def leak(*objs: object) -> None:
-    """Keep ``objs`` alive forever: their finalisers (sqlite3_close) must never run here."""
-    for obj in objs:
-        if obj is None:
-            continue
-        _orphans.append(obj)
-        # A module list is cleared at interpreter shutdown; an extra reference is not.
-        # (Non-CPython: the list reference is the best we can do.)
-        with contextlib.suppress(AttributeError, OSError):
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-
-
 def _before() -> None:
-    # Hold every spool's locks across fork() so no thread is mid-SQLite-call when the
-    # address space is copied.
+    _fork_lock.acquire()
     _held[:] = list(_live)
     for obj in _held:
         obj._before_fork()
 
 
 def _after_parent() -> None:
-    for obj in reversed(_held):
-        obj._after_fork_parent()
-    _held.clear()
+    try:
+        for obj in reversed(_held):
+            obj._after_fork_parent()
+        _held.clear()
+    finally:
+        _fork_lock.release()
 
 
 def _after_child() -> None:
+    global _fork_lock
     for obj in _held:
         obj._after_fork_child()
     _held.clear()
+    _fork_lock = threading.Lock()  # the child's only thread is the one that forked
 
 
 if hasattr(os, "register_at_fork"):

@@ -609,13 +609,14 @@ class Spool:
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self._busy_timeout))
-        with self._ckpt_lock:
-            ckpt, self._ckpt_conn = self._ckpt_conn, None
-        with self._read_lock:
-            reader, self._read_conn = self._read_conn, None
-        with self._lock:
-            conn, self._conn = self._conn, None
-        for c in (ckpt, reader, conn):
+        with self._lock, self._ckpt_lock, self._read_lock:  # the order _background_tick uses
+            self._close_connections()
+
+    def _close_connections(self) -> None:
+        """Close every connection of this process (caller holds all three locks)."""
+        conns = (self._ckpt_conn, self._read_conn, self._conn)
+        self._cursor = self._ckpt_conn = self._read_conn = self._conn = None
+        for c in conns:
             if c is not None:
                 try:
                     c.close()
@@ -695,9 +696,13 @@ class Spool:
     # fork hooks (see _fork.py) -------------------------------------------------
 
     def _before_fork(self) -> None:
+        # Same order as close(). Holding the locks, no thread is inside SQLite; closing
+        # here means no connection (and no per-process lock state of SQLite's) reaches
+        # the child. Both sides reopen on first use.
         self._lock.acquire()
         self._ckpt_lock.acquire()
         self._read_lock.acquire()
+        self._close_connections()
 
     def _after_fork_parent(self) -> None:
         self._read_lock.release()
@@ -705,8 +710,9 @@ class Spool:
         self._lock.release()
 
     def _after_fork_child(self) -> None:
-        _fork.leak(self._cursor, self._conn, self._ckpt_conn, self._read_conn)
+        stored = self._bytes  # the parent's estimate; a fresh 0 would let max_bytes double
         self._reset_process_state()
+        self._bytes = stored
 
 
 def _delete_live(conn: sqlite3.Connection, where: str, params: Sequence[tuple[object, ...]]) -> int:

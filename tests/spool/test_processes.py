@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
-from spool import Spool
+from spool import Spool, SpoolFull
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,3 +242,83 @@ def test_child_shutdown_does_not_close_parent_handles(db_path: Path) -> None:
     out, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
     assert out.split() == ["3", "ok"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("last_closer", ["parent", "another opener"])
+def test_child_appends_survive_when_others_close_the_spool(db_path: Path, last_closer: str) -> None:
+    """After fork, the parent (or a later reader) closing the spool last never takes the
+    child's WAL away: every append the child saw return is in the file."""
+    sp = Spool(db_path, checkpoint_interval=3600)
+    sp.append(b"parent-before")
+    sp.checkpoint()
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sp.append(b"child-first")
+            os.write(to_parent_w, b"1")
+            os.read(to_child_r, 1)  # until the others have closed
+            for i in range(50):
+                sp.append(b"child-%d" % i)
+            code = 0
+        finally:
+            os._exit(code)  # no close, no checkpoint: only what append() committed counts
+    os.read(to_parent_r, 1)
+    sp.close()
+    if last_closer == "another opener":
+        with Spool(db_path) as reader:
+            reader.stats()
+    os.write(to_child_w, b"1")
+    assert wait_forked(pid) == 0
+    with Spool(db_path) as after:
+        assert after.stats().pending == 52
+    assert integrity(db_path) == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_forks_from_two_threads_at_once_release_every_lock(sp: Spool) -> None:
+    """Two threads forking in a loop (two multiprocessing starts) leave the spool usable."""
+    sp.append(b"x")
+    stop = threading.Event()
+
+    def forker() -> None:
+        while not stop.is_set():
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+
+    threads = [threading.Thread(target=forker, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(3.0)  # the race needs a few hundred forks to show
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads), "a fork hook deadlocked"
+    done = threading.Event()
+    threading.Thread(target=lambda: (sp.append(b"after"), done.set()), daemon=True).start()
+    assert done.wait(10), "the spool's locks stayed held after concurrent forks"
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_keeps_the_byte_budget(make_spool: Callable[..., Spool]) -> None:
+    """A child inherits how full the spool is: max_bytes holds across fork()."""
+    sp = make_spool(max_bytes=10_000)
+    with pytest.raises(SpoolFull):
+        while True:
+            sp.append(b"x" * 1000)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sp.append(b"y" * 1000)
+            code = 2  # accepted: the child forgot the parent's count
+        except SpoolFull:
+            code = 0
+        finally:
+            os._exit(code)
+    assert wait_forked(pid) == 0
