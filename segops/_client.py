@@ -513,6 +513,11 @@ def _flush_at_exit() -> None:
     """Bounded best-effort flush for clients nobody shut down; never blocks exit for long."""
     deadline = time.monotonic() + ATEXIT_TIMEOUT
     for client in list(_LIVE_CLIENTS):
+        if time.monotonic() >= deadline:
+            # The budget is spent: the rest stay spooled (on disk, durable) and their
+            # daemon threads end with the process; a per-client minimum would add up.
+            logger.warning("segops: exit flush budget spent; undelivered events stay spooled")
+            return
         if not client._forked:  # an inherited client this child never used stays silent
             client._exit_flush(deadline)
 

@@ -6,9 +6,10 @@ import email.utils
 import gzip as gzip_module
 import json
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import httpx
 
@@ -84,7 +85,12 @@ class HttpSender:
         self._timeout = timeout
         self._transport = transport
         self._gzip = gzip
-        self._client = self._new_client()
+        self._client: Optional[httpx.Client] = None  # built on first use, here or after fork
+        self._client_lock = threading.Lock()
+        self._transport_inherited = False
+        # Clients inherited across fork(): kept alive, never closed (their sockets are the
+        # parent's), so their finalisers cannot touch the parent's connections either.
+        self._inherited: List[httpx.Client] = []
 
     def _new_client(self) -> httpx.Client:
         return httpx.Client(
@@ -107,7 +113,7 @@ class HttpSender:
             headers = {**headers, "Content-Encoding": "gzip"}
         limit = self._timeout if timeout is None else max(0.05, min(timeout, self._timeout))
         try:
-            response = self._client.post(
+            response = self._pool().post(
                 self._base + path, content=body, headers=headers, timeout=limit
             )
         except httpx.TimeoutException as exc:
@@ -122,10 +128,36 @@ class HttpSender:
             raise Retryable(f"HTTP failure: {type(exc).__name__}: {exc}") from exc
         return Reply(response.status_code, response.content, dict(response.headers))
 
+    def _pool(self) -> httpx.Client:
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                client = self._client
+                if client is None:
+                    client = self._client = self._fresh_client()
+        return client
+
+    def _fresh_client(self) -> httpx.Client:
+        if self._transport_inherited and self._transport is not None:
+            # A transport passed in was shared with the parent at fork(): its pooled
+            # keep-alive sockets are the parent's too, and two processes talking over one
+            # socket garble each other's requests. close() drops them (closing the child's
+            # copies of the descriptors; the parent's connections stay up) and the
+            # transport opens new connections on demand, as httpx.HTTPTransport does.
+            self._transport.close()
+            self._transport_inherited = False
+        return self._new_client()
+
     def after_fork(self) -> None:
-        """Give the child its own pool; the parent's sockets are left untouched, not closed."""
-        self._inherited = self._client
-        self._client = self._new_client()
+        """In the child: a fresh lock, and a new pool built on first use (not here: a fork
+        must stay cheap for children that never send)."""
+        if self._client is not None:
+            self._inherited.append(self._client)
+        self._client = None
+        self._client_lock = threading.Lock()
+        self._transport_inherited = True
 
     def close(self) -> None:
-        self._client.close()
+        client = self._client
+        if client is not None:
+            client.close()

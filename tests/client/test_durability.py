@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
+import httpx
 import pytest
 import segops
 from _support import (
@@ -241,6 +242,38 @@ def test_fork_child_delivers_with_its_own_flush(server: DevServer, make_client: 
     assert_exactly_once(server, ["p", "c", "p2"])
 
 
+@pytest.mark.timeout(90)
+def test_fork_with_a_transport_passed_in_never_shares_a_socket(
+    server: DevServer, make_client: MakeClient
+) -> None:
+    """A user's httpx.HTTPTransport, warm before fork(): parent and child both send through
+    it at once, and the server never sees a garbled request (nothing dead-lettered)."""
+    client = make_client(transport=httpx.HTTPTransport())
+    client.track(user_id="u", event_type="e", payload={"i": "warm"})
+    client.flush(timeout=10)  # a keep-alive socket now sits in the transport's pool
+
+    def send(who: str) -> None:
+        for i in range(150):
+            client.track(user_id="u", event_type="e", payload={"i": f"{who}-{i}"})
+            client.flush(timeout=10)
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            send("child")
+            code = 0
+        finally:
+            os._exit(code)
+    send("parent")
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert client.stats().dead_letters == 0
+    assert server.stats()["rejected"] == 0
+    expected = ["warm"] + [f"{w}-{i}" for w in ("parent", "child") for i in range(150)]
+    assert_exactly_once(server, expected)
+
+
 # -- several processes on one spool --------------------------------------------------------
 
 SHARING_CHILD = """
@@ -291,8 +324,14 @@ FORGETFUL_CHILD = """
 import sys
 import segops
 
-url, spool_path = sys.argv[1:3]
+url, spool_path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 client = segops.SegOpsClient(url, "sk_live_0123456789abcdef", spool_path=spool_path)
+others = [  # more forgotten clients must not stretch the exit
+    segops.SegOpsClient(url, "sk_live_0123456789abcdef", spool_path=f"{spool_path}.{n}")
+    for n in range(1, count)
+]
+for other in others:
+    other.track(user_id="u", event_type="e")
 for i in range(100):
     client.track(user_id="u", event_type="e", payload={"i": i})
 print("tracked", flush=True)
@@ -300,15 +339,17 @@ print("tracked", flush=True)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("clients", [1, 20])
 @pytest.mark.parametrize("where", ["dead_port", "blackhole"])
 def test_script_that_forgets_shutdown_exits_quickly(
-    where: str, blackhole: str, spool_file: Path, tmp_path: Path
+    where: str, clients: int, blackhole: str, spool_file: Path, tmp_path: Path
 ) -> None:
-    """With the server down or mute, a script without shutdown() exits within ~3 s."""
+    """With the server down or mute, a script without shutdown() exits within ~3 s, with
+    one forgotten client or twenty."""
     url = f"http://127.0.0.1:{free_port()}" if where == "dead_port" else blackhole
     script = write_script(tmp_path, "forgetful.py", FORGETFUL_CHILD)
     proc = subprocess.Popen(
-        [sys.executable, str(script), url, str(spool_file)],
+        [sys.executable, str(script), url, str(spool_file), str(clients)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -386,7 +427,7 @@ def test_forgotten_client_flushes_at_exit(
     script = write_script(
         tmp_path, "forgot.py", FORGETFUL_CHILD.replace("sk_live_0123456789abcdef", SK)
     )
-    result = run_script(script, server.url, str(spool_file))
+    result = run_script(script, server.url, str(spool_file), "1")
     assert result.returncode == 0, result.stderr
     assert sorted(payload_ids(server)) == list(range(100))
     assert spooled(spool_file) == 0
