@@ -16,6 +16,7 @@ Concurrency model
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
@@ -66,11 +67,30 @@ _FRESH = (
 )
 _TOMBSTONE = "SELECT value FROM meta WHERE key = 'tombstone'"
 # "This record lies in a batch currently leased by this Spool instance" (bind: id, id,
-# LEASED, len(prefix), prefix). Owner tokens are "<instance>.<claim>".
+# LEASED, len(prefix), prefix). Owner tokens are "<instance>.<claim>", and an instance is
+# "<host>:<pid>:<random>" (see _host_id).
 _LEASED_BY_ME = (
     "EXISTS (SELECT 1 FROM batches WHERE first_id <= ? AND last_id >= ?"
     " AND status = ? AND substr(owner, 1, ?) = ?)"
 )
+# Live leases held by other processes of our pid namespace (bind: window, LEASED, now,
+# len(host prefix), host prefix, len(own prefix), own prefix, limit): the only batches
+# whose owner's liveness we can ask the kernel about. Only the oldest batches are looked
+# at (via the first_id index), so a file with thousands of leases costs no full scan; a
+# dead owner's batch further up is found once older ones are acked, or expires.
+_HELD_NEARBY = (
+    "SELECT key, first_id, last_id, owner FROM"
+    " (SELECT * FROM batches ORDER BY first_id LIMIT ?)"
+    " WHERE status = ? AND until > ? AND substr(owner, 1, ?) = ? AND substr(owner, 1, ?) <> ?"
+    " ORDER BY first_id LIMIT ?"
+)
+_DEAD_OWNER_WINDOW = 32
+# At most this many foreign leases are looked at per claim, each owner pid at most once
+# per _ALIVE_RECHECK seconds: the check runs inside the write transaction.
+_DEAD_OWNER_SCAN = 8
+_ALIVE_RECHECK = 0.5
+# Owner pids are pid_t; anything else is not a pid we may hand to os.kill().
+_PID_MAX = 2**31 - 1
 _COUNT_BYTES = (
     "SELECT (SELECT coalesce(sum(length(data)), 0) FROM records)"
     " + (SELECT coalesce(sum(length(data)), 0) FROM dead_letters)"
@@ -79,6 +99,117 @@ _COUNT_BYTES = (
 
 def _token() -> str:
     return uuid.uuid4().hex
+
+
+# ------------------------------------------------------------------ owner liveness
+#
+# A claimer that dies (SIGKILL, os._exit in a pool worker) holds its batch until the lease
+# expires. Owner tokens therefore name the claiming process, "<host>:<pid>:...", where
+# <host> pins down the pid namespace the pid belongs to. A claimer with the same <host>
+# may ask the kernel whether that pid still exists and take the batch at once if not.
+# Every doubt (other host, old token format, unknown platform, pid reused by a live
+# process, any OS error) answers "alive": the batch then waits for its lease to expire.
+
+_machine_cache: list[Optional[str]] = []  # [machine id] once computed (it survives fork)
+_host_cache: dict[int, Optional[str]] = {}  # pid -> host id; recomputed in a forked child
+
+
+def _host_id() -> Optional[str]:
+    """This process's pid namespace as a short hex name, or None when unknown."""
+    pid = os.getpid()
+    if pid not in _host_cache:
+        # A fork normally keeps the namespace, but a parent that unshare()d its pid
+        # namespace forks children into a new one: one readlink per process is cheap.
+        _host_cache.clear()
+        if not _machine_cache:
+            _machine_cache.append(_machine_id())
+        machine, ns = _machine_cache[0], _pid_namespace()
+        _host_cache[pid] = (
+            None
+            if machine is None or ns is None
+            else hashlib.sha256(f"{machine}\0{ns}".encode()).hexdigest()[:20]
+        )
+    return _host_cache[pid]
+
+
+def _machine_id() -> Optional[str]:
+    """Boot instance and hostname: two containers or VMs never share both."""
+    try:
+        node = os.uname().nodename
+        if sys.platform.startswith("linux"):
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                boot = f.read().strip()
+        elif sys.platform == "darwin":
+            boot = _darwin_boot_time()
+        else:
+            return None  # BSD jails hide pids under a shared hostname: don't guess
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"{sys.platform}\0{node}\0{boot}" if boot else None
+
+
+def _darwin_boot_time() -> str:
+    """kern.boottime's seconds ("" if unavailable)."""
+    import ctypes  # only here: macOS has no boot_id file
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    tv = (ctypes.c_int64 * 2)()  # struct timeval: tv_sec comes first
+    size = ctypes.c_size_t(ctypes.sizeof(tv))
+    if libc.sysctlbyname(b"kern.boottime", tv, ctypes.byref(size), None, ctypes.c_size_t(0)):
+        return ""
+    return str(tv[0]) if tv[0] > 0 else ""
+
+
+def _pid_namespace() -> Optional[str]:
+    """The pid namespace as the kernel names it ("pid:[4026531836]"); "" without them."""
+    if not sys.platform.startswith("linux"):
+        return ""  # one pid space per boot
+    try:
+        # /proc mounted from another pid namespace would show (and stat) other processes.
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _owner_pid(owner: str, host: str) -> Optional[int]:
+    """The pid in an owner token of host ``host``; None for any other shape."""
+    parts = owner.split(":", 2)
+    if len(parts) != 3 or parts[0] != host:
+        return None
+    digits = parts[1]
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 10):
+        return None
+    pid = int(digits)
+    return pid if 0 < pid <= _PID_MAX else None  # 0 and -1 address process groups
+
+
+def _pid_gone(pid: int) -> bool:
+    """True only when process ``pid`` surely no longer runs (exited, maybe unreaped)."""
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only existence is checked
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists (another user's); else: unsure
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """An exited process not yet reaped by its parent (e.g. an unjoined child of ours)."""
+    if not sys.platform.startswith("linux"):
+        return False  # no cheap way to tell: wait for the lease instead
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # "pid (comm) state ppid ... num_threads(20th)"; comm may hold spaces and ")".
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        state, threads = fields[0], fields[17]
+    except (OSError, ValueError, IndexError):
+        return False
+    # A thread-group leader that exited alone is 'Z' too while its threads run on.
+    return state in (b"Z", b"X") and threads == b"1"
 
 
 def _encode(record: Union[bytes, str]) -> bytes:
@@ -156,8 +287,12 @@ class Spool:
         self._thread = None
         self._wake = threading.Event()
         self._stop = threading.Event()
-        # Owner tokens start with this, so dead_letter() can tell "leased by me".
-        self._instance = _token()
+        # Owner tokens start with this, so dead_letter() can tell "leased by me", and name
+        # this process, so that claimers can tell when it is gone (see _host_id).
+        self._host = _host_id()
+        self._pid = os.getpid()
+        self._instance = f"{self._host or '-'}:{self._pid}:{_token()}"
+        self._seen_alive: dict[int, float] = {}  # owner pid -> monotonic time it was alive
         self._bytes = 0
         self._recounted_at = 0.0
         self._since_kick = 0
@@ -297,11 +432,13 @@ class Spool:
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "claim") from exc
 
-    @staticmethod
-    def _reclaim(conn: sqlite3.Connection, owner: str, now: float, until: float) -> Optional[Batch]:
-        """Re-lease the oldest released/expired batch, whole, with its key (or None)."""
+    def _reclaim(
+        self, conn: sqlite3.Connection, owner: str, now: float, until: float
+    ) -> Optional[Batch]:
+        """Re-lease the oldest released/expired batch, or one whose owner process is gone,
+        whole, with its key (or None)."""
         while True:
-            row = conn.execute(_FIND_GROUP, (now,)).fetchone()
+            row = conn.execute(_FIND_GROUP, (now,)).fetchone() or self._orphaned(conn, now)
             if row is None:
                 return None
             key, first, last = str(row[0]), int(row[1]), int(row[2])
@@ -314,6 +451,40 @@ class Spool:
                 return Batch(key, _records(rows), owner)
             # Every row was dead-lettered and the batch never acked: drop the husk.
             conn.execute("DELETE FROM batches WHERE key = ?", (key,))
+
+    def _orphaned(self, conn: sqlite3.Connection, now: float) -> Optional[Sequence[Any]]:
+        """(key, first_id, last_id) of a live lease whose owner process no longer exists.
+
+        Only owners in our pid namespace (same host id) and other than this process qualify;
+        an owner seen alive is not asked again for _ALIVE_RECHECK seconds.
+        """
+        if self._host is None:
+            return None
+        nearby, mine = f"{self._host}:", f"{self._host}:{self._pid}:"
+        params = (_DEAD_OWNER_WINDOW, _LEASED, now, len(nearby), nearby, len(mine), mine)
+        rows: list[Sequence[Any]] = conn.execute(
+            _HELD_NEARBY, (*params, _DEAD_OWNER_SCAN)
+        ).fetchall()
+        for row in rows:
+            pid = _owner_pid(str(row[3]), self._host)
+            if pid is not None and pid not in (self._pid, os.getpid()) and self._gone(pid):
+                log.debug("spool: batch %s of exited process %d reclaimed", row[0], pid)
+                return row
+        return None
+
+    def _gone(self, pid: int) -> bool:
+        """_pid_gone with a short memory of live pids (caller holds ``self._lock``)."""
+        tick = time.monotonic()
+        seen = self._seen_alive.get(pid)
+        if seen is not None and tick - seen < _ALIVE_RECHECK:
+            return False
+        if _pid_gone(pid):
+            self._seen_alive.pop(pid, None)
+            return True
+        if len(self._seen_alive) >= 4 * _DEAD_OWNER_SCAN:
+            self._seen_alive.clear()  # pids come and go; never let this grow
+        self._seen_alive[pid] = tick
+        return False
 
     @staticmethod
     def _claim_fresh(
