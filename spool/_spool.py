@@ -46,6 +46,9 @@ _CHECKPOINT_EVERY = 1000
 # WAL content above which the background checkpointer briefly blocks in-process appends
 # to let the WAL restart (see _background_tick). Higher = rarer pauses, bigger WAL.
 _WAL_RESTART_BYTES = 16 * 1024 * 1024
+# How long the RESTART pass may wait for SQLite's writer lock and for readers to move on;
+# busy, it gives up and the next tick tries again.
+_RESTART_WAIT_MS = 250
 # When the in-memory byte counter says "full", re-count from disk at most this often.
 _RECOUNT_INTERVAL = 0.25
 _LEASED = int(Status.LEASED)
@@ -729,8 +732,9 @@ class Spool:
         except sqlite3.Error as exc:
             raise _storage.translate(exc, self._path, "checkpoint") from exc
 
-    def _checkpoint_once(self) -> int:
-        """One PASSIVE checkpoint; returns the WAL size in bytes it saw (frames x page)."""
+    def _checkpoint_once(self, *, restart: bool = False) -> int:
+        """One PASSIVE checkpoint (or RESTART: see _background_tick); returns the WAL size in
+        bytes it saw (frames x page)."""
         with self._ckpt_lock:
             conn = self._ckpt_conn
             if conn is None:
@@ -741,22 +745,32 @@ class Spool:
                 )
                 self._ckpt_conn = conn
                 self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not restart:
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            else:
+                # RESTART holds SQLite's writer lock while it copies and waits for readers:
+                # bound that wait, other processes' appends queue behind it.
+                conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
+                try:
+                    row = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
         return max(0, int(row[1])) * self._page_size
 
     def _background_tick(self) -> None:
         # The unlocked pass copies the bulk while appends continue. But SQLite only restarts
         # (reuses, truncates) the WAL when a writer starts with *every* frame copied back,
         # and with a steady trickle of appends some always land during the pass, so the WAL
-        # would grow forever. Once it is big enough to matter, a second pass holds our
-        # writer lock: in-process appenders wait on a Python lock while the frames written
-        # meanwhile are copied (~1 ms for a trickle of appends, 10-30 ms after a tight
-        # loop of them), and the next append restarts the WAL.
-        # Other processes' writers aren't blocked; their own checkpointers do the same.
+        # would grow forever. Once it is big enough to matter, a RESTART pass takes SQLite's
+        # writer lock, so every process's appends wait (theirs in SQLite's busy handler,
+        # ours on our Python lock, held meanwhile) while the frames written since are copied
+        # (~1 ms for a trickle of appends, 10-30 ms after a tight loop of them); the next
+        # append restarts the WAL. A PASSIVE pass held only our own appenders back, and with
+        # several appending processes the WAL grew past a gigabyte.
         if self._checkpoint_once() >= _WAL_RESTART_BYTES and not self._stop.is_set():
             with self._lock:
                 if not self._closed:
-                    self._checkpoint_once()
+                    self._checkpoint_once(restart=True)
         # Recount (a full scan, which picks up other processes' writes) only once the
         # local estimate gets near the limit; far below it, an exact figure buys nothing.
         if self._max_bytes is not None and self._bytes >= self._max_bytes // 2:

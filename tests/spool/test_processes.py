@@ -321,3 +321,35 @@ def test_a_forked_child_keeps_the_byte_budget(make_spool: Callable[..., Spool]) 
         finally:
             os._exit(code)
     assert wait_forked(pid) == 0
+
+
+FLAT_OUT_APPENDER = """
+    import sys, time
+    from spool import Spool
+    sp = Spool(sys.argv[1])
+    end = time.monotonic() + float(sys.argv[2])
+    record = b"x" * 200
+    while time.monotonic() < end:
+        sp.append(record)
+    sp.close()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_wal_stays_bounded_with_several_appending_processes(db_path: Path) -> None:
+    """Three processes appending flat out: the checkpointers restart the WAL for all of
+    them (a pass that held back only its own process's appends let it pass 250 MB)."""
+    Spool(db_path).close()
+    wal = Path(f"{db_path}-wal")
+    children = [run_child(FLAT_OUT_APPENDER, str(db_path), "6") for _ in range(3)]
+    peak = 0
+    while any(c.poll() is None for c in children):
+        with contextlib.suppress(OSError):
+            peak = max(peak, wal.stat().st_size)
+        time.sleep(0.05)
+    for child in children:
+        assert child.returncode == 0, child.stderr.read() if child.stderr else ""
+    with Spool(db_path) as sp:
+        appended = sp.stats().pending
+    assert appended > 10_000, "too few appends to say anything about the WAL"
+    assert peak < 64 * 1024 * 1024, f"WAL peaked at {peak / 1e6:.0f} MB"
