@@ -30,7 +30,13 @@ from ._errors import (
 )
 from ._flusher import Flusher
 from ._http import HttpSender
-from ._paths import default_spool_path, display_url, normalize_url, redact
+from ._paths import (
+    default_spool_path,
+    display_url,
+    make_cache_dir_private,
+    normalize_url,
+    redact,
+)
 from ._retry import RetryPolicy
 from ._session import Session
 from ._types import Context, Event, UserContext
@@ -108,6 +114,8 @@ class SegOpsClient:
         self._on_error = on_error or _log_error
         self._timeout = timeout
         path = Path(spool_path) if spool_path is not None else None
+        if path is None:
+            make_cache_dir_private()
         self._spool_path = path or default_spool_path(self._api_url, api_key)
         self._spool = _open_spool(self._spool_path, durability, max_spool_bytes)
         self._http = HttpSender(

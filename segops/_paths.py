@@ -41,6 +41,23 @@ def default_spool_path(api_url: str, api_key: str) -> Path:
     return default_spool_dir() / spool_name(api_url, api_key)
 
 
+def make_cache_dir_private() -> None:
+    """Tighten an existing per-user ``segops`` cache folder to 0700, as a new one is made.
+
+    Only that folder, which is ours: never ``$SEGOPS_SPOOL_DIR`` or a given ``spool_path``,
+    whose owners chose their permissions. The files inside are 0600 either way.
+    """
+    if os.environ.get(SPOOL_DIR_ENV) or not hasattr(os, "getuid"):
+        return
+    folder = _user_cache_dir() / "segops"
+    try:
+        info = folder.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(folder, 0o700)
+    except OSError:
+        pass  # missing (the spool creates it 0700) or not ours to change
+
+
 def normalize_url(api_url: str) -> str:
     """The base URL with one trailing slash stripped, as the API doc says."""
     return api_url[:-1] if api_url.endswith("/") else api_url

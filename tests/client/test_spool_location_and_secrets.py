@@ -66,6 +66,31 @@ def test_xdg_cache_home_fallback(
     assert client.spool_path.parent == tmp_path / "xdg" / "segops"
 
 
+def test_an_existing_cache_folder_is_made_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A pre-existing 0755 $XDG_CACHE_HOME/segops becomes 0700, like a new one."""
+    if not hasattr(__import__("os"), "getuid"):
+        pytest.skip("POSIX permissions")
+    monkeypatch.delenv("SEGOPS_SPOOL_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = tmp_path / "xdg" / "segops"
+    folder.mkdir(parents=True)
+    folder.chmod(0o755)
+    new_client("http://127.0.0.1:9", SECRET).track(user_id="u", event_type="e")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_a_chosen_spool_dir_keeps_its_permissions(
+    spool_dir: Path, new_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """$SEGOPS_SPOOL_DIR belongs to whoever set it: its mode is left alone."""
+    spool_dir.mkdir()
+    spool_dir.chmod(0o750)
+    new_client("http://127.0.0.1:9", SECRET).track(user_id="u", event_type="e")
+    assert stat.S_IMODE(spool_dir.stat().st_mode) == 0o750
+
+
 def test_spool_name_is_a_hash_without_the_key(
     spool_dir: Path, new_client: Callable[..., segops.SegOpsClient]
 ) -> None:
