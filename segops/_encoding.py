@@ -28,13 +28,15 @@ _CONTEXT_FIELDS = frozenset({"user_id", "traits"})
 _ISO_8601 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
-    r"(Z|z|[+-]\d{2}(?::?\d{2})?)?)?$"
+    r"(Z|z|[+-]\d{2}(?::?\d{2})?)?)?$",
+    re.ASCII,  # \d alone would take full-width and other Unicode digits
 )
 # The layouts the server accepts as they are (date and time; seconds, 1-9 fraction digits
 # and the offset optional); other ISO-8601 that parse_iso8601 takes is normalized first.
 _WIRE_ISO_8601 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?"
-    r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?\Z"
+    r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?\Z",
+    re.ASCII,
 )
 _UTC = dt.timezone.utc
 

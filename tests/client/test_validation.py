@@ -102,6 +102,11 @@ BAD_INPUTS: Dict[str, Any] = {
         ValueError,
         "occurred_at",
     ),
+    "occurred_at full-width digits": (
+        KW(user_id="u", event_type="e", occurred_at="２０２４-01-01T00:00:00Z"),
+        ValueError,
+        "occurred_at",
+    ),
     "occurred_at offset minutes": (
         KW(user_id="u", event_type="e", occurred_at="2024-01-01T00:00:00+05:75"),
         ValueError,
