@@ -53,6 +53,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 ATEXIT_TIMEOUT = 2.0
 #: ``batch=False`` sends inline once; the flusher retries what that attempt left behind.
 _SINGLE_ATTEMPT = RetryPolicy(attempts=1, timeout=DEFAULT_TIMEOUT)
+#: ``batch=False``: at most this many never-tried events are sent inline by one track().
+_INLINE_SENDS = 20
 
 ErrorHandler = Callable[[BaseException], None]
 
@@ -369,15 +371,20 @@ class SegOpsClient:
         """``batch=False``: one inline attempt; what fails stays spooled for the flusher."""
         deadline = time.monotonic() + self._timeout
         try:
-            # fresh_only: send the event just tracked (or an older one no call has tried
-            # yet), not an earlier failure, which is the flusher's to retry.
-            self._delivery.deliver_next(
-                deadline=deadline,
-                max_records=1,
-                single=True,
-                policy=_SINGLE_ATTEMPT,
-                fresh_only=True,
-            )
+            # fresh_only: the event just tracked, after any older one no call has tried yet
+            # (e.g. tracked while the server's Retry-After held sends back), oldest first;
+            # an earlier failure is the flusher's to retry. Bounded: a backlog larger than
+            # this goes out over the next calls, or with the flusher.
+            for _ in range(_INLINE_SENDS):
+                sent = self._delivery.deliver_next(
+                    deadline=deadline,
+                    max_records=1,
+                    single=True,
+                    policy=_SINGLE_ATTEMPT,
+                    fresh_only=True,
+                )
+                if sent == 0 or time.monotonic() >= deadline:
+                    return
         except SegOpsError as exc:
             self._report(exc)
 
@@ -390,7 +397,8 @@ class SegOpsClient:
             except DeliveryError as exc:
                 # A retry cycle our deadline cut short is a timeout, not a refusal (which
                 # keeps its own type: AuthError, EventsSkipped, ...).
-                timed_out = deadline is not None and time.monotonic() >= deadline
+                # The retry cycle stops with up to 50 ms of its budget left (see _retry).
+                timed_out = deadline is not None and deadline - time.monotonic() <= 0.1
                 if type(exc) is DeliveryError and timed_out:
                     raise self._flush_timeout(target, cause=exc) from exc
                 raise

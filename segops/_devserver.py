@@ -87,14 +87,26 @@ _EVENT_FIELDS = ("user_id", "event_type", "occurred_at", "payload", "anonymous_i
 _SESSION_FIELDS = ("user_id", "anonymous_id", "user_id_sig", "user_id_ts")
 _EXPIRES_AT_STYLES = ("seconds", "fractional", "offset")
 
+# Every pattern is ASCII-only: in Python ``\d`` also matches full-width and other
+# Unicode digits (full-width U+FF10..U+FF19, ...), which no real server accepts.
 _ISO_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})"
-    r"(?::(\d{2})(?:[.,](\d{1,9}))?)?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?\Z"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2})"
+    r"(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?"
+    r"(?:([Zz])|([+-])([0-9]{2}):?([0-9]{2}))?\Z"
 )
-_RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hr|hour)\s*\Z", re.IGNORECASE)
+_RATE_RE = re.compile(
+    r"\s*([0-9]+)\s*/\s*(s|sec|second|m|min|minute|h|hr|hour)\s*\Z",
+    re.IGNORECASE | re.ASCII,
+)
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _HEX_RE = re.compile(r"[0-9a-fA-F]+\Z")
+#: ``Content-Length`` is 1*DIGIT (RFC 9110): ``int()`` would also take ``+5``, `` 5``, ``1_0``.
+_LENGTH_RE = re.compile(r"[0-9]+\Z")
+#: A chunk-size line (RFC 9112 7.1): hex digits, optional ``;ext``, CRLF. ``int(x, 16)``
+#: alone would take ``-1`` (read to EOF, past the size cap), ``0x10`` and ``+5``.
+_CHUNK_LINE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n\Z")
+#: Bytes of chunk trailers read before the body is refused (they are otherwise unbounded).
+_MAX_TRAILER_BYTES = 64 * 1024
 
 Json = Any
 RejectHook = Callable[[Dict[str, Any]], Optional[str]]
@@ -167,8 +179,10 @@ def _user_id_signature(secret_hex: str, user_id: str, ts: int) -> str:
 
 
 def _signature_ok(secret_hex: str, user_id: str, sig: str, ts: int) -> bool:
+    # The contract says *lowercase* hex: comparing exactly (no ``.lower()``) makes the
+    # oracle refuse an uppercase signature the way a strict server would.
     expected = _user_id_signature(secret_hex, user_id, ts)
-    return hmac.compare_digest(expected, sig.lower())
+    return hmac.compare_digest(expected.encode("ascii"), sig.encode("utf-8"))
 
 
 def _loads(body: bytes) -> Json:
@@ -260,6 +274,9 @@ class _Auth:
     kind: str  # "apikey" | "bearer"
     uid: Optional[str]
     rate_key: str
+    #: Who is calling, for idempotency fingerprints: a hash of the API key (never the
+    #: key itself) or the token's subject, so every token of one identity matches.
+    identity: str
 
 
 _NO_BODY = object()
@@ -299,8 +316,6 @@ class DevServer:
             raise ValueError("public_key must start with 'pk_'")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
-        if token_ttl <= 0:
-            raise ValueError("token_ttl must be > 0 seconds")
         if expires_at_style not in _EXPIRES_AT_STYLES:
             raise ValueError(f"expires_at_style must be one of {', '.join(_EXPIRES_AT_STYLES)}")
         self._lock = threading.RLock()
@@ -311,7 +326,8 @@ class DevServer:
         self._hmac_secret: Optional[str] = None
         self.hmac_secret = hmac_secret
         self.require_signed = require_signed
-        self.token_ttl = float(token_ttl)
+        self._token_ttl = 900.0
+        self.token_ttl = token_ttl
         self.expires_at_style = expires_at_style
         self._fail_rate = 0.0
         self._fail_status = 503
@@ -360,14 +376,23 @@ class DevServer:
                 key TEXT PRIMARY KEY,
                 status INTEGER NOT NULL,
                 body TEXT NOT NULL,
-                created_at TEXT NOT NULL
+                created_at TEXT NOT NULL,
+                fingerprint TEXT
             );
             """
         )
+        self._migrate_idempotency()
         self._db.commit()
 
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+
+    def _migrate_idempotency(self) -> None:
+        # A --db file from before fingerprints lacks the column; its old rows keep NULL
+        # and replay on the key alone, as they did when they were written.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(idempotency)")}
+        if "fingerprint" not in columns:
+            self._db.execute("ALTER TABLE idempotency ADD COLUMN fingerprint TEXT")
 
     # ── runtime settings ──
 
@@ -400,9 +425,22 @@ class DevServer:
 
     @latency_ms.setter
     def latency_ms(self, value: float) -> None:
-        if float(value) < 0:
-            raise ValueError(f"latency_ms must be >= 0, got {value}")
+        # NaN passes a plain ``< 0`` test and then breaks time.sleep() on every request.
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise ValueError(f"latency_ms must be a finite number >= 0, got {value}")
         self._latency_ms = float(value)
+
+    @property
+    def token_ttl(self) -> float:
+        """Lifetime of minted session tokens (seconds, fractions allowed)."""
+        return self._token_ttl
+
+    @token_ttl.setter
+    def token_ttl(self, value: float) -> None:
+        # NaN slips past ``<= 0`` and inf overflows the expiry: both must be refused.
+        if not math.isfinite(float(value)) or float(value) <= 0:
+            raise ValueError(f"token_ttl must be a finite number > 0 seconds, got {value}")
+        self._token_ttl = float(value)
 
     @property
     def rate_limit(self) -> Optional[str]:
@@ -744,7 +782,11 @@ class DevServer:
                     415, {"detail": f'Unsupported media type "{shown}" in request.'}
                 )
         if answer is None:
-            answer = self._route(method, path, headers, parsed, parse_error)
+            answer = self._route(method, path, headers, body, parsed, parse_error)
+        else:
+            # Refused before routing (unreadable, oversize or undecodable body): no script
+            # item is used and no credential is checked, but it is still a refusal.
+            self._count("rejected")
         record = RecordedRequest(
             method=method,
             path=raw_path,
@@ -764,6 +806,7 @@ class DevServer:
         method: str,
         path: str,
         headers: Dict[str, str],
+        body: bytes,
         parsed: Any,
         parse_error: Optional[_Answer],
     ) -> _Answer:
@@ -777,7 +820,7 @@ class DevServer:
             time.sleep(self._latency_ms / 1000.0)
         if kind == "session":
             return self._session(headers, parsed, parse_error)
-        return self._ingest(kind, headers, parsed, parse_error)
+        return self._ingest(kind, headers, body, parsed, parse_error)
 
     def _authenticate(self, headers: Dict[str, str]) -> Tuple[Optional[_Auth], _Answer]:
         value = headers.get("authorization", "").strip()
@@ -788,7 +831,8 @@ class DevServer:
             return None, _Answer(401, {"detail": "Authentication credentials were not provided."})
         if scheme == "apikey":
             if hmac.compare_digest(cred.encode(), self.secret_key.encode()):
-                return _Auth("apikey", None, self.secret_key), _Answer(200)
+                identity = "apikey:" + hashlib.sha256(cred.encode()).hexdigest()
+                return _Auth("apikey", None, self.secret_key, identity), _Answer(200)
             if cred.startswith("pk_") and hmac.compare_digest(
                 cred.encode(), self.public_key.encode()
             ):
@@ -803,7 +847,7 @@ class DevServer:
         if scheme == "bearer":
             uid = self._verify_token(cred)
             if uid is not None:
-                return _Auth("bearer", uid, self.public_key), _Answer(200)
+                return _Auth("bearer", uid, self.public_key, f"bearer:{uid}"), _Answer(200)
             return None, _Answer(401, {"detail": "Invalid or expired session token."})
         return None, _Answer(
             401, {"detail": "Unsupported Authorization scheme (use 'ApiKey' or 'Bearer')."}
@@ -830,7 +874,12 @@ class DevServer:
         )
 
     def _ingest(
-        self, kind: str, headers: Dict[str, str], parsed: Any, parse_error: Optional[_Answer]
+        self,
+        kind: str,
+        headers: Dict[str, str],
+        body: bytes,
+        parsed: Any,
+        parse_error: Optional[_Answer],
     ) -> _Answer:
         with self._lock:
             scripted = self._script.popleft() if self._script else None
@@ -850,10 +899,13 @@ class DevServer:
             extra = {"Retry-After": "1"} if self._fail_status == 429 else {}
             return _Answer(self._fail_status, {"detail": "Injected failure (fail_rate)."}, extra)
         idem_key = headers.get("idempotency-key", "").strip() or None
+        fingerprint = None
         if idem_key is not None:
-            replay = self._replay(idem_key)
-            if replay is not None:
-                return replay
+            path = BATCH_PATH if kind == "batch" else SINGLE_PATH
+            fingerprint = _fingerprint("POST", path, auth.identity, body, parsed)
+            known = self._idempotent_answer(idem_key, fingerprint)
+            if known is not None:
+                return known
 
         def refuse(status: int, body: Any) -> _Answer:
             self._count("rejected")
@@ -899,16 +951,22 @@ class DevServer:
             answer = _Answer(202, {"queued": True})
         else:
             answer = _Answer(200, {"queued": len(good), "skipped": len(bad)})
-        self._store(kind, auth, idem_key, good, bad, answer)
+        self._store(kind, auth, idem_key, fingerprint, good, bad, answer)
         return answer
 
-    def _replay(self, idem_key: str) -> Optional[_Answer]:
+    def _idempotent_answer(self, idem_key: str, fingerprint: str) -> Optional[_Answer]:
+        """The replayed first answer, a 422 for a key reused on another request, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT status, body FROM idempotency WHERE key = ?", (idem_key,)
+                "SELECT status, body, fingerprint FROM idempotency WHERE key = ?", (idem_key,)
             ).fetchone()
             if row is None:
                 return None
+            if row[2] is not None and row[2] != fingerprint:
+                # Replaying another request's answer would tell the client that events
+                # it never had accepted were stored: refuse, as Stripe-style APIs do.
+                self._counters["rejected"] += 1
+                return _Answer(422, {"detail": "Idempotency-Key reused for a different request"})
             self._counters["duplicates_dropped"] += 1
         return _Answer(int(row[0]), json.loads(row[1]), {"Idempotent-Replayed": "true"})
 
@@ -917,6 +975,7 @@ class DevServer:
         kind: str,
         auth: _Auth,
         idem_key: Optional[str],
+        fingerprint: Optional[str],
         good: List[Dict[str, Any]],
         bad: List[Tuple[Any, Dict[str, List[str]]]],
         answer: _Answer,
@@ -939,14 +998,14 @@ class DevServer:
             for ev in good
         ]
         with self._lock:
-            if idem_key is not None:
+            if idem_key is not None and fingerprint is not None:
                 # A concurrent request with the same key may have won the race.
-                replay = self._replay(idem_key)
-                if replay is not None:
+                known = self._idempotent_answer(idem_key, fingerprint)
+                if known is not None:
                     answer.status, answer.body, answer.headers = (
-                        replay.status,
-                        replay.body,
-                        replay.headers,
+                        known.status,
+                        known.body,
+                        known.headers,
                     )
                     return
             try:
@@ -958,9 +1017,9 @@ class DevServer:
                 )
                 if idem_key is not None:
                     self._db.execute(
-                        "INSERT INTO idempotency (key, status, body, created_at)"
-                        " VALUES (?, ?, ?, ?)",
-                        (idem_key, answer.status, json.dumps(answer.body), received),
+                        "INSERT INTO idempotency (key, status, body, created_at, fingerprint)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (idem_key, answer.status, json.dumps(answer.body), received, fingerprint),
                     )
                 self._db.commit()
             except BaseException:
@@ -1084,6 +1143,23 @@ def _decode_body(headers: Dict[str, str], raw: bytes) -> Tuple[bytes, Optional[_
     return body, None
 
 
+def _fingerprint(method: str, path: str, identity: str, body: bytes, parsed: Any) -> str:
+    """What an Idempotency-Key is bound to: method, path, caller and the decoded body.
+
+    A JSON body is compared by value (key order and whitespace do not matter, so a client
+    that re-encodes an unchanged batch after a restart still matches); anything else is
+    compared byte for byte. Only hashes are kept, never a credential.
+    """
+    if parsed is _NO_BODY:
+        content = body
+    else:
+        content = json.dumps(
+            parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+    parts = [method, path, identity, hashlib.sha256(content).hexdigest()]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+
 def _encode(answer: _Answer) -> Tuple[bytes, str]:
     body = answer.body
     if body is None and answer.status in (204, 304):
@@ -1194,17 +1270,22 @@ class _Handler(BaseHTTPRequestHandler):
         return out
 
     def _read_body(self, headers: Dict[str, str]) -> Tuple[bytes, Optional[_Answer]]:
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            return self._read_chunked()
-        length_text = headers.get("content-length")
+        try:
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                return self._read_chunked()
+            return self._read_sized(headers.get("content-length"))
+        except TimeoutError:
+            # The socket timeout doubles as the body read timeout: a client that stalls
+            # mid-body is answered like a server would (408), not with a 500.
+            return b"", _Answer(408, {"detail": "Timed out reading the request body."}, close=True)
+
+    def _read_sized(self, length_text: Optional[str]) -> Tuple[bytes, Optional[_Answer]]:
         if length_text is None:
             return b"", None
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+        digits = length_text.strip(" \t")
+        if not _LENGTH_RE.match(digits):
             return b"", _Answer(400, {"detail": "Invalid Content-Length."}, close=True)
+        length = int(digits)
         if length > MAX_BODY_BYTES:
             return b"", _Answer(413, {"detail": "Request body too large."}, close=True)
         data = self.rfile.read(length)
@@ -1213,26 +1294,43 @@ class _Handler(BaseHTTPRequestHandler):
         return data, None
 
     def _read_chunked(self) -> Tuple[bytes, Optional[_Answer]]:
+        invalid = _Answer(400, {"detail": "Invalid chunked body."}, close=True)
         chunks: List[bytes] = []
         total = 0
         while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                return b"", _Answer(400, {"detail": "Invalid chunked body."}, close=True)
+            match = _CHUNK_LINE_RE.match(self.rfile.readline(1024))
+            if match is None:
+                return b"", invalid
+            size = int(match.group(1), 16)
             if size == 0:
-                while self.rfile.readline(8192).strip():
-                    pass  # trailers
-                return b"".join(chunks), None
+                return (b"".join(chunks), None) if self._skip_trailers() else (b"", invalid)
             total += size
             if total > MAX_BODY_BYTES:
                 return b"", _Answer(413, {"detail": "Request body too large."}, close=True)
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(8)
+            data = self.rfile.read(size)
+            if len(data) < size or self.rfile.readline(3) != b"\r\n":
+                return b"", invalid
+            chunks.append(data)
+
+    def _skip_trailers(self) -> bool:
+        """Read the trailer section up to its empty line; False when it is unbounded."""
+        budget = _MAX_TRAILER_BYTES
+        while budget > 0:
+            line = self.rfile.readline(min(budget, 8192))
+            if line in (b"\r\n", b"\n"):
+                return True
+            if not line.endswith(b"\n"):
+                return False  # EOF or a line longer than the budget
+            budget -= len(line)
+        return False
 
     def _dispatch(self) -> None:
         dev = self.server.dev
+        if self.request_version == "HTTP/0.9":
+            # An HTTP/0.9 answer would be a bare body (no status line, no Content-Length):
+            # refuse the request with a complete 400 instead (send_error sees to that).
+            self.send_error(400, "HTTP/0.9 requests are not supported.")
+            return
         try:
             headers = self._headers()
             body, early = self._read_body(headers)

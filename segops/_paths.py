@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -81,7 +80,8 @@ def display_url(text: str) -> str:
     ``user:password@`` part as ``…@``."""
     if text.startswith(("sk_", "pk_")):
         return redact(text)
-    return _USERINFO.sub("//…@", text)
-
-
-_USERINFO = re.compile(r"//[^/?#]*@")
+    scheme, slashes, rest = text.partition("//")
+    if slashes and "@" in rest:
+        # Up to the last "@": a password may itself hold "/", "?", "#" or "@".
+        return f"{scheme}//…@{rest.rpartition('@')[2]}"
+    return text

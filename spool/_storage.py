@@ -279,25 +279,35 @@ def header_problem(path: Path) -> Optional[str]:
 def refuse_foreign_database(path: Path) -> None:
     """Raise SpoolError if ``path`` is some other application's SQLite database.
 
-    Opening it as a spool would switch it to WAL, add our tables and chmod it. A spool
-    commits its schema and ``user_version`` in one transaction, and a checkpoint copies
-    page 1 first, so a file with more than one page but ``user_version`` 0 (read from the
-    header in Python, before SQLite touches the file) was never a spool.
+    Opening it as a spool would switch it to WAL, add our tables and chmod it. So its
+    table names are read first, through a read-only connection that changes nothing: any
+    table that is not one of ours means the file is someone else's. While a -wal exists
+    (a live or crashed WAL database) the read goes through it, so a spool whose schema is
+    still only in its WAL is seen as one; without a -wal the main file is complete and is
+    read as immutable, which creates no side files either.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(100)
-        size = os.path.getsize(path)
+        if os.path.getsize(path) == 0:
+            return  # a new spool
     except OSError as exc:
         raise SpoolError(f"cannot read spool file {path}: {exc}") from exc
-    if len(head) < 100:
-        return  # empty: a new spool (or one whose content is still all in the WAL)
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    if size > page_size and int.from_bytes(head[60:64], "big") == 0:
+    mode = "mode=ro" if side_file(path, "-wal").exists() else "mode=ro&immutable=1"
+    uri = f"{path.resolve().as_uri()}?{mode}"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as conn:
+            names = {str(row[0]) for row in conn.execute(_TABLE_NAMES)}
+    except sqlite3.Error:
+        return  # unreadable or busy: the checked open decides (corrupt, locked, ...)
+    foreign = sorted(names - _OUR_TABLES)
+    if foreign:
         raise SpoolError(
-            f"{path} is an SQLite database that is not a spool; refusing to open it as one"
+            f"{path} is an SQLite database that is not a spool (it has tables such as "
+            f"{', '.join(foreign[:3])}); refusing to open it as one"
         )
+
+
+_TABLE_NAMES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+_OUR_TABLES = frozenset({"records", "meta", "batches", "dead_letters"})
 
 
 def _open_checked(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:

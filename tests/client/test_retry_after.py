@@ -145,6 +145,22 @@ def test_batch_false_track_neither_sleeps_nor_sends_inside_the_hint(
     assert client.stats().pending == 2
 
 
+def test_batch_false_catches_up_after_the_hint(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog
+) -> None:
+    """batch=False: the first track() after the hint sends what the hold kept back, then
+    its own event: none stays one call behind."""
+    throttle(server, hint=1.0)
+    client = make_client(batch=False, retry_policy=SHORT, on_error=errors)
+    client.track(user_id="u", event_type="refused")
+    client.track(user_id="u", event_type="held")
+    time.sleep(1.1)
+    client.track(user_id="u", event_type="after")
+    assert [e["event_type"] for e in server.events()] == ["held", "after"]
+    client.track(user_id="u", event_type="next")
+    assert [e["event_type"] for e in server.events()][-1] == "next"
+
+
 def test_flusher_backoff_honours_the_hint_up_to_the_cap() -> None:
     """The flusher waits at least the hint, and at most RETRY_AFTER_CAP for a huge one."""
     assert _backoff(segops.DeliveryError("x", status=429, retry_after=90.0), 1) >= 90.0

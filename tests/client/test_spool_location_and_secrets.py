@@ -171,7 +171,12 @@ def test_unsendable_keys_are_refused_at_construction(spool_dir: Path, key: str) 
 
 @pytest.mark.parametrize(
     "url",
-    ["https://ops:hunter2pw@api.example.com", "http://:hunter2pw@127.0.0.1:9", "ftp://u:hunter2pw@x"],
+    [
+        "https://ops:hunter2pw@api.example.com",
+        "http://:hunter2pw@127.0.0.1:9",
+        "ftp://u:hunter2pw@x",
+        "https://ops:hunter2pw/x?y#z@api.example.com",  # "/", "?", "#" in the password
+    ],
 )
 def test_urls_with_credentials_are_refused_without_echoing_them(spool_dir: Path, url: str) -> None:
     """A user name or password in api_url is a ConfigurationError that does not quote it."""

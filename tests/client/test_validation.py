@@ -103,7 +103,7 @@ BAD_INPUTS: Dict[str, Any] = {
         "occurred_at",
     ),
     "occurred_at full-width digits": (
-        KW(user_id="u", event_type="e", occurred_at="２０２４-01-01T00:00:00Z"),
+        KW(user_id="u", event_type="e", occurred_at="\uff12\uff10\uff12\uff14-01-01T00:00:00Z"),
         ValueError,
         "occurred_at",
     ),

@@ -56,9 +56,10 @@ def test_recover_false_raises_and_leaves_a_corrupt_file_alone(db_path: Path, kin
     assert not list(db_path.parent.glob("*.corrupt-*"))
 
 
+@pytest.mark.parametrize("user_version", [0, 1, 7])
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_another_applications_database_is_refused_untouched(
-    db_path: Path, journal: str
+    db_path: Path, journal: str, user_version: int
 ) -> None:
     """A SQLite file with other tables is a SpoolError; no byte, mode or side file changes."""
     db_path.parent.mkdir(parents=True)
@@ -66,6 +67,7 @@ def test_another_applications_database_is_refused_untouched(
         db.execute(f"PRAGMA journal_mode={journal}")
         db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
         db.execute("INSERT INTO orders (total) VALUES (9.5)")
+        db.execute(f"PRAGMA user_version={user_version}")
         db.commit()
     os.chmod(db_path, 0o644)
     before = sorted(p.name for p in db_path.parent.iterdir()), db_path.read_bytes()
@@ -74,6 +76,28 @@ def test_another_applications_database_is_refused_untouched(
             Spool(db_path, recover=recover)
     assert (sorted(p.name for p in db_path.parent.iterdir()), db_path.read_bytes()) == before
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o644
+
+
+def test_a_foreign_database_still_in_its_wal_is_refused(db_path: Path) -> None:
+    """Another app's WAL database, its tables not yet checkpointed: refused, never adopted."""
+    db_path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as app:
+        app.execute("PRAGMA journal_mode=wal")
+        app.execute("PRAGMA wal_autocheckpoint=0")
+        app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+        assert db_path.stat().st_size <= 4096  # the table lives only in the -wal so far
+        with pytest.raises(SpoolError, match="not a spool"):
+            Spool(db_path)
+        names = {r[0] for r in app.execute("SELECT name FROM sqlite_master")}
+    assert names == {"orders"}
+
+
+def test_a_new_spool_whose_schema_is_only_in_its_wal_opens(db_path: Path) -> None:
+    """A second opener of a fresh spool (main file one page, schema in the WAL) is let in."""
+    with Spool(db_path, checkpoint_interval=3600) as first:
+        first.append(b"a")
+        with Spool(db_path) as second:
+            assert second.stats().pending == 1
 
 
 def test_healthy_file_is_not_moved(sp: Spool, db_path: Path) -> None:
