@@ -1274,7 +1274,7 @@ class _Handler(BaseHTTPRequestHandler):
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 return self._read_chunked()
             return self._read_sized(headers.get("content-length"))
-        except TimeoutError:
+        except socket.timeout:  # an alias of TimeoutError since 3.10, distinct on 3.9
             # The socket timeout doubles as the body read timeout: a client that stalls
             # mid-body is answered like a server would (408), not with a 500.
             return b"", _Answer(408, {"detail": "Timed out reading the request body."}, close=True)

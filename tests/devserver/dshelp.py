@@ -75,3 +75,28 @@ class Api:
 
     def close(self) -> None:
         self.http.close()
+
+
+def raw_exchange(srv: DevServer, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection, half-close it, and return all the bytes answered."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def raw_post_head(path: str, *extra: str) -> bytes:
+    """The request line and headers of an authenticated JSON POST, with ``extra`` header lines."""
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: x",
+        f"Authorization: ApiKey {SK}",
+        "Content-Type: application/json",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

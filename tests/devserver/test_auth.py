@@ -266,6 +266,14 @@ def test_signature_checked_even_when_not_required(api: Api) -> None:
     assert api.session({"user_id": "unsigned-ok"}).status_code == 200
 
 
+def test_uppercase_signature_is_refused(api: Api) -> None:
+    """The contract's signature is lowercase hex: the same digits in uppercase are 401."""
+    body = signed_body()
+    resp = api.session({**body, "user_id_sig": body["user_id_sig"].upper()})
+    assert (resp.status_code, resp.json()) == (401, {"detail": "Invalid user_id signature."})
+    assert api.session(body).status_code == 200
+
+
 def test_signature_without_hmac_secret_is_401() -> None:
     """A signature sent to a server without an HMAC secret cannot be verified: 401."""
     with DevServer() as srv:

@@ -123,6 +123,10 @@ def test_subprocess_keys_from_env(served: Any) -> None:
         ["--hmac-secret", "nothex"],
         ["--secret-key", "pk_wrongprefix"],
         ["--expires-at-style", "nope"],
+        ["--token-ttl", "nan"],
+        ["--token-ttl", "inf"],
+        ["--token-ttl", "0"],
+        ["--latency-ms", "nan"],
     ],
 )
 def test_bad_flags_exit_2_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,19 +18,106 @@ from segops.devserver import DROP, DevServer, RecordedRequest
 
 
 def test_idempotency_key_replays_first_answer(api: Api, srv: DevServer) -> None:
-    """A repeated Idempotency-Key gets the first answer and stores nothing more."""
+    """The same key on the identical request gets the first answer and stores nothing more."""
     key = {"Idempotency-Key": "3f1c2a9e-batch-1"}
-    first = api.batch([event(), event(user_id="")], headers=key)
+    events = [event(), event(user_id="")]
+    first = api.batch(events, headers=key)
     assert first.json() == {"queued": 1, "skipped": 1}
-    again = api.batch([event(), event(), event()], headers=key)
+    again = api.batch(events, headers=key)
     assert (again.status_code, again.json()) == (first.status_code, first.json())
     assert again.headers["idempotent-replayed"] == "true"
+    # The body is compared after gzip decoding, as JSON (spacing and key order aside).
+    respaced = json.dumps({"events": [dict(reversed(ev.items())) for ev in events]}, indent=2)
+    again = api.post(BATCH, raw=respaced.encode(), headers=key, gzipped=True)
+    assert again.headers["idempotent-replayed"] == "true"
     assert srv.stats()["events"] == 1
-    assert srv.stats()["duplicates_dropped"] == 1
+    assert srv.stats()["duplicates_dropped"] == 2
     assert srv.events()[0]["idempotency_key"] == "3f1c2a9e-batch-1"
     other = api.batch([event()], headers={"Idempotency-Key": "another"})
     assert other.json() == {"queued": 1, "skipped": 0}
     assert srv.stats()["events"] == 2
+
+
+REUSED = {"detail": "Idempotency-Key reused for a different request"}
+
+
+def test_idempotency_key_reused_for_another_body_is_422(api: Api, srv: DevServer) -> None:
+    """The same key with a different body is 422, stores nothing and counts as rejected."""
+    key = {"Idempotency-Key": "k-body"}
+    assert api.batch([event()], headers=key).json() == {"queued": 1, "skipped": 0}
+    resp = api.batch([event(user_id="b"), event(user_id="c")], headers=key)
+    assert (resp.status_code, resp.json()) == (422, REUSED)
+    assert "idempotent-replayed" not in resp.headers
+    resp = api.post(BATCH, raw=b"garbage", headers={**key, "Content-Type": "text/plain"})
+    assert (resp.status_code, resp.json()) == (422, REUSED)
+    assert [e["user_id"] for e in srv.events()] == ["u-1"]
+    assert (srv.stats()["rejected"], srv.stats()["duplicates_dropped"]) == (2, 0)
+    assert api.batch([event()], headers=key).headers["idempotent-replayed"] == "true"
+
+
+def test_idempotency_key_is_bound_to_the_endpoint(api: Api, srv: DevServer) -> None:
+    """A key first used on one endpoint is 422 on the other, whatever the body."""
+    key = {"Idempotency-Key": "k-endpoint"}
+    assert api.post(SINGLE, event(), headers=key).status_code == 202
+    resp = api.batch([event()], headers=key)
+    assert (resp.status_code, resp.json()) == (422, REUSED)
+    other = {"Idempotency-Key": "k-endpoint-2"}
+    assert api.batch([event()], headers=other).status_code == 200
+    resp = api.post(SINGLE, {"events": [event()]}, headers=other)
+    assert (resp.status_code, resp.json()) == (422, REUSED)
+    assert srv.stats()["events"] == 2
+
+
+def test_idempotency_key_is_bound_to_the_credential(api: Api, srv: DevServer) -> None:
+    """Another credential reusing a key is 422; a new token of the same subject replays."""
+    key = {"Idempotency-Key": "k-cred"}
+    assert api.batch([event()], headers=key).status_code == 200
+    alice = api.token({"user_id": "alice"})
+    resp = api.batch([event()], headers=key, auth=f"Bearer {alice}")
+    assert (resp.status_code, resp.json()) == (422, REUSED)
+    bearer_key = {"Idempotency-Key": "k-bearer"}
+    assert api.batch([event()], headers=bearer_key, auth=f"Bearer {alice}").status_code == 200
+    alice_again = api.token({"user_id": "alice"})
+    resp = api.batch([event()], headers=bearer_key, auth=f"Bearer {alice_again}")
+    assert resp.headers["idempotent-replayed"] == "true"
+    mallory = api.token({"user_id": "mallory"})
+    resp = api.batch([event()], headers=bearer_key, auth=f"Bearer {mallory}")
+    assert (resp.status_code, resp.json()) == (422, REUSED)
+    assert [e["user_id"] for e in srv.events()] == ["u-1", "alice"]
+
+
+def test_idempotency_store_never_holds_the_secret(tmp_path: Path) -> None:
+    """The fingerprint stores a hash of the credential, never the key itself."""
+    db = tmp_path / "events.sqlite3"
+    with DevServer(db_path=db, secret_key="sk_very_secret_value") as server:
+        helper = Api(server)
+        resp = helper.batch(
+            [event()], headers={"Idempotency-Key": "k"}, auth="ApiKey sk_very_secret_value"
+        )
+        assert resp.status_code == 200
+        helper.close()
+    server.close()
+    assert b"sk_very_secret_value" not in db.read_bytes()
+
+
+def test_idempotency_db_from_before_fingerprints(tmp_path: Path) -> None:
+    """An older --db file gains the fingerprint column; its keys still replay."""
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE idempotency (key TEXT PRIMARY KEY, status INTEGER NOT NULL,"
+        " body TEXT NOT NULL, created_at TEXT NOT NULL)"
+    )
+    conn.execute("INSERT INTO idempotency VALUES ('old', 200, '{\"queued\": 1}', 'then')")
+    conn.commit()
+    conn.close()
+    with DevServer(db_path=db) as server:
+        helper = Api(server)
+        resp = helper.batch([event()], headers={"Idempotency-Key": "old"})
+        assert (resp.json(), resp.headers["idempotent-replayed"]) == ({"queued": 1}, "true")
+        assert helper.batch([event()], headers={"Idempotency-Key": "new"}).status_code == 200
+        helper.close()
+    server.close()
 
 
 def test_idempotency_only_remembers_2xx(api: Api, srv: DevServer) -> None:
@@ -210,6 +298,11 @@ def test_latency_ms(api: Api, srv: DevServer) -> None:
         {"hmac_secret": "xyz"},
         {"hmac_secret": "abc"},
         {"token_ttl": 0},
+        {"token_ttl": float("nan")},
+        {"token_ttl": float("inf")},
+        {"token_ttl": -1},
+        {"latency_ms": float("nan")},
+        {"latency_ms": float("inf")},
         {"port": 70000},
         {"expires_at_style": "rfc2822"},
     ],
@@ -218,6 +311,16 @@ def test_bad_settings_raise(kwargs: dict[str, Any]) -> None:
     """Nonsense settings are ValueError at construction."""
     with pytest.raises(ValueError):
         DevServer(**kwargs)
+
+
+@pytest.mark.parametrize("ttl", [float("nan"), float("inf"), 0.0])
+def test_token_ttl_checked_at_runtime_too(srv: DevServer, ttl: float) -> None:
+    """Setting token_ttl on a running server is validated like the constructor argument."""
+    with pytest.raises(ValueError):
+        srv.token_ttl = ttl
+    assert srv.token_ttl == 900.0
+    srv.token_ttl = 1.5
+    assert srv.token_ttl == 1.5
 
 
 def test_stop_start_same_port(api: Api, srv: DevServer) -> None:
