@@ -259,6 +259,9 @@ class RecordedRequest:
     json: Any
     #: The status answered (0 when the connection was dropped by a script).
     status: int
+    #: When the request had been read: ``time.monotonic()`` of the server's process (so
+    #: tests running the server in-process can time requests without polling).
+    received: float = 0.0
 
 
 @dataclass
@@ -759,6 +762,7 @@ class DevServer:
         raw_body: bytes,
         early: Optional[_Answer],
     ) -> _Answer:
+        received = time.monotonic()
         split = urlsplit(raw_path)
         path = split.path
         if path == "/_dev" or path.startswith("/_dev/"):
@@ -794,6 +798,7 @@ class DevServer:
             body=body,
             json=None if parsed is _NO_BODY else parsed,
             status=answer.status,
+            received=received,
         )
         with self._lock:
             self._requests.append(record)

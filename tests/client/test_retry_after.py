@@ -3,9 +3,8 @@ and no sender of the client posts again before it has passed."""
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Callable, Iterator, List
+from typing import Callable, List
 
 import pytest
 import segops
@@ -22,7 +21,7 @@ SHORT = segops.RetryPolicy(attempts=5, timeout=0.5, wait_initial=0.05, wait_max=
 #: A cycle with room for the hint.
 ROOMY = segops.RetryPolicy(attempts=5, timeout=3.0, wait_initial=0.05, wait_max=0.1)
 HINT = 2.0
-#: The arrival watcher polls every 5 ms, so a recorded gap may read a few ms short.
+#: Clock and scheduling slack between the client's wait and the server's reading.
 SLACK = 0.05
 
 
@@ -32,26 +31,14 @@ def throttle(server: DevServer, hint: float = HINT) -> None:
 
 
 @pytest.fixture
-def arrivals(server: DevServer) -> Iterator[Arrivals]:
-    """A function returning the monotonic times at which ``server`` recorded each ingestion
-    request, oldest first (it first lets the 5 ms watcher catch up with the request log)."""
-    times: List[float] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.005):
-            now, seen = time.monotonic(), len(ingestion(server))
-            times.extend([now] * (seen - len(times)))
+def arrivals(server: DevServer) -> Arrivals:
+    """A function returning the monotonic times at which ``server`` read each ingestion
+    request, oldest first (the server runs in this process: same clock)."""
 
     def recorded() -> List[float]:
-        wait_until(lambda: len(times) >= len(ingestion(server)), timeout=1)
-        return list(times)
+        return [r.received for r in ingestion(server)]
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    yield recorded
-    done.set()
-    watcher.join()
+    return recorded
 
 
 def gap(times: List[float]) -> float:
