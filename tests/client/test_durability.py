@@ -390,7 +390,9 @@ def test_flush_and_shutdown_respect_their_timeout(
             getattr(client, call)(timeout=1.0)
         elapsed = time.monotonic() - started
         assert elapsed < 1.6, f"{call}(timeout=1) took {elapsed:.2f}s"
-        if where == "blackhole" or call == "flush":  # the deadline, not the policy, ended it
+        # A mute server: the deadline, not the retry policy, ends it. (A refused port may
+        # run out of attempts first: 5 quick refusals with short jittered waits.)
+        if where == "blackhole":
             assert isinstance(info.value, segops.FlushTimeout), repr(info.value)
             assert info.value.pending == 10
     finally:
