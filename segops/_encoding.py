@@ -272,17 +272,11 @@ def encode_common(user_id: str, event_type: str, payload: Dict[str, Any]) -> byt
     """
     occurred_at = now_iso()
     try:
-        body = _to_json(payload)
-    except (TypeError, ValueError):
-        event = {"user_id": user_id, "event_type": event_type, "occurred_at": occurred_at}
-        return encode_event({**event, "payload": payload})
-    text = (
-        f'{{"user_id":{_quote(user_id)},"event_type":{_quote(event_type)},'
-        f'"occurred_at":"{occurred_at}","payload":{body}}}'
-    )
-    try:
-        data = text.encode()
-    except UnicodeEncodeError:
+        data = (
+            f'{{"user_id":{_quote(user_id)},"event_type":{_quote(event_type)},'
+            f'"occurred_at":"{occurred_at}","payload":{_to_json(payload)}}}'
+        ).encode()
+    except (TypeError, ValueError):  # UnicodeEncodeError (a lone surrogate) is one too
         event = {"user_id": user_id, "event_type": event_type, "occurred_at": occurred_at}
         return encode_event({**event, "payload": payload})  # raises, naming the field
     return _within_limit(data)
