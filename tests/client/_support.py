@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import segops
 from segops.devserver import DevServer
+
+import spool
 
 SK = "sk_dev_secret"
 PK = "pk_dev_public"
@@ -83,6 +87,39 @@ def write_script(tmp_path: Path, name: str, source: str) -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(source))
     return path
+
+
+def exit_after_tracking(script: Path, *args: str) -> Tuple[float, int, str]:
+    """Run a child script that prints "tracked" and then just ends; returns the seconds its
+    exit took after that line, its exit code and its stderr (killed after 20 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=str(REPO_ROOT),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "tracked"
+        started = time.monotonic()
+        proc.wait(timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return elapsed, proc.returncode, proc.stderr.read() if proc.stderr else ""
+
+
+def lease_left(path: Path) -> Optional[float]:
+    """Seconds left on the lease of the batch being sent, read from the spool file itself."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT max(until) FROM batches WHERE status = ?", (int(spool.Status.LEASED),)
+        ).fetchone()
+    return None if row[0] is None else float(row[0]) - time.time()
 
 
 def run_script(

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
-import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import segops
-from _support import ingestion, payload_ids
+from _support import ingestion, lease_left, payload_ids
 from segops.devserver import DevServer
-
-import spool
 
 MakeClient = Callable[..., segops.SegOpsClient]
 EVENTS = 5
-
-
-def lease_left(path: Path) -> Optional[float]:
-    """Seconds left on the lease of a batch being sent, read from the spool file itself."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        row = db.execute(
-            "SELECT max(until) FROM batches WHERE status = ?", (int(spool.Status.LEASED),)
-        ).fetchone()
-    return None if row[0] is None else float(row[0]) - time.time()
 
 
 def fully_exited(pid: int) -> bool:

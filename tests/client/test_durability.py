@@ -6,12 +6,11 @@ import collections
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import httpx
 import pytest
@@ -23,8 +22,10 @@ from _support import (
     SK,
     ErrorLog,
     child_env,
+    exit_after_tracking,
     free_port,
     ingestion,
+    lease_left,
     payload_ids,
     run_script,
     wait_until,
@@ -41,15 +42,6 @@ def spooled(path: Path) -> int:
     """Records still in the spool file (pending or leased), read with a fresh Spool."""
     with spool.Spool(path) as s:
         return s.pending_through(s.last_id())
-
-
-def lease_left(path: Path) -> Optional[float]:
-    """Seconds left on the lease of the batch being sent, read from the spool file itself."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        row = db.execute(
-            "SELECT max(until) FROM batches WHERE status = ?", (int(spool.Status.LEASED),)
-        ).fetchone()
-    return None if row[0] is None else float(row[0]) - time.time()
 
 
 def assert_exactly_once(server: DevServer, expected: List[object]) -> None:
@@ -348,28 +340,11 @@ def test_script_that_forgets_shutdown_exits_quickly(
     one forgotten client or twenty."""
     url = f"http://127.0.0.1:{free_port()}" if where == "dead_port" else blackhole
     script = write_script(tmp_path, "forgetful.py", FORGETFUL_CHILD)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), url, str(spool_file), str(clients)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=str(REPO_ROOT),
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "tracked"
-        started = time.monotonic()
-        proc.wait(timeout=20)
-        elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    elapsed, code, stderr = exit_after_tracking(script, url, str(spool_file), str(clients))
     assert elapsed < 3.0, f"the process took {elapsed:.1f}s to exit"
-    assert proc.returncode == 0
+    assert code == 0
     assert spooled(spool_file) == 100
-    assert "sk_live_0123456789abcdef" not in (proc.stderr.read() if proc.stderr else "")
+    assert "sk_live_0123456789abcdef" not in stderr
 
 
 @pytest.mark.parametrize("where", ["dead_port", "blackhole"])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import segops
-from _support import FAST, PK, REPO_ROOT, child_env, write_script
+from _support import FAST, PK, exit_after_tracking, write_script
 from segops.devserver import DevServer
 
 SESSION = "/api/auth/session/"
@@ -137,27 +135,10 @@ def test_pk_script_that_forgets_shutdown_exits_while_a_mint_hangs(
 ) -> None:
     """A pk_ child without shutdown() exits within ~3 s while its flusher's mint hangs."""
     script = write_script(tmp_path, "forgetful_pk.py", FORGETFUL_PK_CHILD)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), slow_server.url, str(spool_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=str(REPO_ROOT),
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "tracked"
-        started = time.monotonic()
-        proc.wait(timeout=20)
-        elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    elapsed, code, stderr = exit_after_tracking(script, slow_server.url, str(spool_file))
     assert elapsed < 3.0, f"the process took {elapsed:.1f}s to exit"
-    assert proc.returncode == 0
-    assert PK not in (proc.stderr.read() if proc.stderr else "")
+    assert code == 0
+    assert PK not in stderr
 
 
 @pytest.mark.timeout(30)
