@@ -182,13 +182,22 @@ def _occurred_at(value: Any) -> str:
     )
 
 
+def id_text(value: Any) -> Optional[str]:
+    """A ``str`` or ``int`` id (not a bool) as JSON sees it, else None: ``str()``/``repr()``
+    of a subclass may say something else."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    return None
+
+
 def _identifier(name: str, value: Any) -> str:
     if isinstance(value, enum.Enum):
         value = value.value  # what json.dumps (the official client) sends for a str Enum
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    text = id_text(value)
+    if text is None:
         raise TypeError(f"{name} must be a non-empty string, not {type(value).__name__}")
-    # The value as JSON sees it: str()/repr() of a subclass may say something else.
-    text = str.__str__(value) if isinstance(value, str) else int.__repr__(value)
     if not text or text.isspace():
         raise ValueError(f"{name} must be a non-empty string (not blank)")
     return text

@@ -7,6 +7,8 @@ import hmac
 import time
 from typing import Dict, Optional, Union
 
+from ._encoding import id_text
+
 #: How far a signature's timestamp may be from the server's clock, in seconds.
 SIGNATURE_TOLERANCE = 300
 
@@ -29,7 +31,7 @@ def sign_user_id(
     ``int`` id (a Django ``user.id``) is signed and returned as its decimal string, the
     form ``track()`` sends. Never ship ``secret_hex`` to a client.
     """
-    text = _user_id_text(user_id)
+    text = id_text(user_id)
     if not text:
         raise ValueError("user_id must be a non-empty string or an int")
     stamp = int(time.time()) if ts is None else int(ts)
@@ -38,15 +40,6 @@ def sign_user_id(
         "user_id_sig": _signature(secret_hex, text, stamp),
         "user_id_ts": stamp,
     }
-
-
-def _user_id_text(user_id: object) -> str:
-    """The signed form of an id: a str as it is, an int (not a bool) in decimal, else ''."""
-    if isinstance(user_id, str):
-        return str.__str__(user_id)
-    if isinstance(user_id, int) and not isinstance(user_id, bool):
-        return int.__repr__(user_id)
-    return ""
 
 
 def verify_user_id(
@@ -64,7 +57,7 @@ def verify_user_id(
     """
     try:
         stamp = int(ts)
-        expected = _signature(secret_hex, _user_id_text(user_id), stamp)
+        expected = _signature(secret_hex, id_text(user_id) or "", stamp)
     except (TypeError, ValueError):
         return False
     current = time.time() if now is None else now
