@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -82,6 +83,29 @@ def _log_error(exc: BaseException) -> None:
     logger.warning("segops: %s", exc)
 
 
+class _ErrorReporter:
+    """Hands a background failure to ``on_error``; a failing handler is only logged."""
+
+    __slots__ = ("_counters", "_on_error")
+
+    def __init__(self, counters: Counters, on_error: ErrorHandler) -> None:
+        self._counters = counters
+        self._on_error = on_error
+
+    def __call__(self, exc: SegOpsError) -> None:
+        self._counters.last_error = str(exc)
+        try:
+            self._on_error(exc)
+        except Exception:
+            logger.exception("segops: the on_error handler raised")
+        except BaseException:
+            # SystemExit/KeyboardInterrupt belong to the main thread; on the flusher's
+            # thread they would only end it, silently, and stop background delivery.
+            if threading.current_thread() is threading.main_thread():
+                raise
+            logger.exception("segops: the on_error handler raised")
+
+
 class SegOpsClient:
     """Sends user events to SegOps, durably. Safe for concurrent use from many threads.
 
@@ -113,7 +137,6 @@ class SegOpsClient:
         self._api_key = api_key
         self._batch = bool(batch)
         self._batch_size = batch_size
-        self._on_error = on_error or _log_error
         self._timeout = timeout
         path = Path(spool_path) if spool_path is not None else None
         if path is None:
@@ -129,6 +152,9 @@ class SegOpsClient:
             else None
         )
         self._counters = Counters()
+        # Not a bound method: the flusher thread holds the reporter, and must not keep a
+        # client the program dropped alive (see __del__).
+        self._report = _ErrorReporter(self._counters, on_error or _log_error)
         self._delivery = Delivery(
             store=self._spool,
             http=self._http,
@@ -331,6 +357,16 @@ class SegOpsClient:
     ) -> None:
         self.shutdown()
 
+    def __del__(self) -> None:
+        # Dropped without shutdown(): the flusher delivers what is pending once (best
+        # effort, bounded by the exit flush), then closes the spool and the HTTP pool.
+        # Without this, a client made per request would leak a thread and connections.
+        if getattr(self, "_closed", True) or sys.is_finalizing():
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._retire()
+
     def __repr__(self) -> str:
         return (
             f"SegOpsClient(api_url={self._api_url!r}, api_key={redact(self._api_key)!r}, "
@@ -410,19 +446,18 @@ class SegOpsClient:
         message = f"{pending} event(s) still pending; they stay in the spool"
         return FlushTimeout(message if cause is None else f"{message} ({cause})", pending=pending)
 
-    def _report(self, exc: SegOpsError) -> None:
-        """Hand a background failure to ``on_error``; a failing handler is only logged."""
-        self._counters.last_error = str(exc)
-        try:
-            self._on_error(exc)
-        except Exception:
-            logger.exception("segops: the on_error handler raised")
-        except BaseException:
-            # SystemExit/KeyboardInterrupt belong to the main thread; on the flusher's
-            # thread they would only end it, silently, and stop background delivery.
-            if threading.current_thread() is threading.main_thread():
-                raise
-            logger.exception("segops: the on_error handler raised")
+    def _retire(self) -> None:
+        # A flusher never started (background=False, or a forked child's inherited one)
+        # releases at once.
+        flusher, spool_, http = self._flusher, self._spool, self._http
+        _RETIRING.add(flusher)
+
+        def release() -> None:
+            _RETIRING.discard(flusher)
+            http.close()
+            spool_.close()
+
+        flusher.retire(release)
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -518,9 +553,12 @@ def _open_spool(path: Path, durability: str, max_bytes: Optional[int]) -> spool.
 
 
 _LIVE_CLIENTS: weakref.WeakSet[SegOpsClient] = weakref.WeakSet()
+#: Flushers of dropped clients, making their last delivery pass; the exit flush waits.
+_RETIRING: set[Flusher] = set()
 
 
 def _after_fork_in_child() -> None:
+    _RETIRING.clear()  # their threads, and the spool connections, stayed in the parent
     for client in list(_LIVE_CLIENTS):
         client._after_fork_in_child()
 
@@ -536,6 +574,8 @@ def _flush_at_exit() -> None:
             return
         if not client._forked:  # an inherited client this child never used stays silent
             client._exit_flush(deadline)
+    for flusher in list(_RETIRING):
+        flusher.join(deadline - time.monotonic())
 
 
 if hasattr(os, "register_at_fork"):

@@ -39,6 +39,9 @@ class Flusher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        # Set by retire(): deliver what is pending once, then release and end.
+        self._retiring = False
+        self._release: Optional[Callable[[], None]] = None
 
     def start(self) -> None:
         # daemon: a flusher stuck on the network must never keep the interpreter alive;
@@ -59,7 +62,35 @@ class Flusher:
         thread.join(max(0.0, timeout))
         return not thread.is_alive()
 
+    def retire(self, release: Callable[[], None]) -> None:
+        """The client is gone: deliver what is pending once, then call ``release`` and end.
+
+        Called from a finalizer, so it takes no lock the flusher thread might hold: the
+        garbage collector may run it on that very thread.
+        """
+        self._release = release
+        self._retiring = True
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            release()
+        elif thread is not threading.current_thread():
+            self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the thread to end (after stop or retire)."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
+
     def _run(self) -> None:
+        try:
+            self._deliver_until_stopped()
+        finally:
+            release = self._release
+            if release is not None:
+                release()
+
+    def _deliver_until_stopped(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
@@ -71,15 +102,21 @@ class Flusher:
             except SegOpsError as exc:
                 failures += 1
                 self._report(exc)
+                if self._retiring:
+                    return  # best effort only: the rest stays spooled for the next client
                 self._stop.wait(_backoff(exc, failures))
                 continue
             except Exception as exc:  # a bug must not kill the flusher silently
                 failures += 1
                 logger.exception("segops flusher: unexpected error")
                 self._report(SegOpsError(f"unexpected error in the flusher: {exc!r}"))
+                if self._retiring:
+                    return
                 self._stop.wait(_backoff(exc, failures))
                 continue
-            if self._wake.wait(self._interval):
+            if self._retiring:
+                return
+            if self._wake.wait(self._interval) and not self._retiring:
                 # Woken by a burst of track() calls: linger a moment so the burst leaves in
                 # a few large requests. Every request costs the tracking threads GIL time.
                 self._stop.wait(COALESCE_DELAY)
