@@ -58,9 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_options() -> _Parser:
     parent = _Parser(add_help=False)
-    parent.add_argument(
-        "--api-url", metavar="URL", help=f"SegOps base URL (env {ENV_URL})"
-    )
+    parent.add_argument("--api-url", metavar="URL", help=f"SegOps base URL (env {ENV_URL})")
     parent.add_argument(
         "--api-key",
         metavar="KEY",
@@ -326,7 +324,9 @@ def _credentials(ns: argparse.Namespace) -> Tuple[str, str]:
     url, key = _api_url(ns), _api_key(ns)
     assert url is not None and key is not None
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"the API URL must start with http:// or https://: {display_url(url)!r}")
+        raise UsageError(
+            f"the API URL must start with http:// or https://: {display_url(url, key)!r}"
+        )
     return url, key
 
 
@@ -535,8 +535,7 @@ def cmd_dead_list(ns: argparse.Namespace) -> int:
         _out(f"no dead letters in {store.path}")
         return 0
     table = [("ID", "FAILED AT (UTC)", "REASON", "EVENT")] + [
-        (str(d.id), _iso(d.failed_at), _shorten(d.reason, 48), _preview(d.data))
-        for d in letters
+        (str(d.id), _iso(d.failed_at), _shorten(d.reason, 48), _preview(d.data)) for d in letters
     ]
     _print_table(table)
     return 0

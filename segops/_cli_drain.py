@@ -301,9 +301,7 @@ def _drain(
             worker.join(interval)
             if on_progress is not None and worker.is_alive():
                 remaining = inspect.pending_through(target)
-                on_progress(
-                    Progress(client.stats().delivered, remaining, time.monotonic() - start)
-                )
+                on_progress(Progress(client.stats().delivered, remaining, time.monotonic() - start))
     finally:
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)  # no second attempt: what is left stays spooled

@@ -369,7 +369,8 @@ class SegOpsClient:
 
     def __repr__(self) -> str:
         return (
-            f"SegOpsClient(api_url={self._api_url!r}, api_key={redact(self._api_key)!r}, "
+            f"SegOpsClient(api_url={display_url(self._api_url, self._api_key)!r}, "
+            f"api_key={redact(self._api_key)!r}, "
             f"spool={str(self._spool_path)!r})"
         )
 
@@ -512,20 +513,26 @@ def _check_settings(
 ) -> None:
     if not isinstance(api_url, str) or not api_url.strip():
         raise ConfigurationError("api_url must be a non-empty URL such as https://api.segops.ai")
-    shown = display_url(api_url)  # never echo a password in the URL, or a key given as one
+    # Never echo a password in the URL, or a key given as one (quoted, prefixed, ...).
+    shown = display_url(api_url, api_key if isinstance(api_key, str) else None)
     if not api_url.startswith(("http://", "https://")):
         raise ConfigurationError(f"api_url must start with http:// or https://: {shown!r}")
     try:
         url = httpx.URL(api_url)
         valid = bool(url.host) and (url.port is None or 0 < url.port < 65536)
         has_userinfo = bool(url.userinfo)
+        has_extras = bool(url.query or url.fragment)
     except (httpx.InvalidURL, ValueError, TypeError):
-        valid = has_userinfo = False
+        valid = has_userinfo = has_extras = False
     if not valid or any(c.isspace() for c in api_url):
         raise ConfigurationError(f"api_url is not a usable URL: {shown!r}")
     if has_userinfo:
         # It would show in reprs and logs; the API key is the only credential the API takes.
         raise ConfigurationError(f"api_url must not hold a user name or password: {shown!r}")
+    if has_extras:  # the API paths are appended to it: a query would end up mid-URL
+        raise ConfigurationError(
+            f"api_url must be a base URL, without ?query or #fragment: {shown!r}"
+        )
     if not isinstance(api_key, str) or not api_key.strip():
         raise ConfigurationError("api_key must be a non-empty sk_… or pk_… key")
     if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):

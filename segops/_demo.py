@@ -192,9 +192,7 @@ def run(ns: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(
-    ns: argparse.Namespace, say: _Say, server: Any, tmp: Path, workers: List[_Worker]
-) -> int:
+def _run(ns: argparse.Namespace, say: _Say, server: Any, tmp: Path, workers: List[_Worker]) -> int:
     url = server.url
     spool_path = tmp / "spool.sqlite3"
     say.plain("segops demo: durable delivery through an outage and a crash")
@@ -204,7 +202,11 @@ def _run(
     workers.append(worker)
     errors: List[BaseException] = []
     client = SegOpsClient(
-        url, KEY, spool_path=spool_path, flush_interval=0.2, batch_size=100,
+        url,
+        KEY,
+        spool_path=spool_path,
+        flush_interval=0.2,
+        batch_size=100,
         on_error=errors.append,
     )
     if not worker.ready.wait(15) or worker.proc.poll() is not None:
@@ -223,8 +225,10 @@ def _run(
     ]
     for t in threads:
         t.start()
-    say(f"{ns.threads} threads and 1 worker process (pid {worker.proc.pid}) are tracking into "
-        "one spool")
+    say(
+        f"{ns.threads} threads and 1 worker process (pid {worker.proc.pid}) are tracking into "
+        "one spool"
+    )
 
     time.sleep(LIVE_SECONDS)
     say(f"server up: {server.stats()['events']:,} events stored so far")
@@ -284,8 +288,11 @@ def _run(
     rate_tracked = tracked / track_seconds if track_seconds > 0 else 0.0
 
     rows = [
-        ("tracked (acknowledged)", f"{tracked:,}",
-         f"{tracked_threads:,} from threads + {acked:,} from the killed worker"),
+        (
+            "tracked (acknowledged)",
+            f"{tracked:,}",
+            f"{tracked_threads:,} from threads + {acked:,} from the killed worker",
+        ),
         ("delivered", f"{delivered:,}", "found on the server by their demo_id"),
         ("duplicates dropped", f"{dups:,}", "batches resent under the same Idempotency-Key"),
         ("stored twice", f"{twice:,}", "must be 0"),

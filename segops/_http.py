@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import gzip as gzip_module
 import json
@@ -67,6 +68,8 @@ class Reply:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # the asctime form carries no zone; HTTP dates are GMT
+            when = when.replace(tzinfo=datetime.timezone.utc)
         return max(0.0, when.timestamp() - time.time())
 
 
@@ -120,8 +123,9 @@ class HttpSender:
             raise Retryable(f"request timed out: {type(exc).__name__}") from exc
         except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
             # A header httpx cannot send (e.g. a token with a newline): its message quotes
-            # the header, credentials included, so only the exception's type is passed on.
-            raise Retryable(f"could not build the request: {type(exc).__name__}") from exc
+            # the header, credentials included, so only the exception's type is passed on,
+            # and not as __cause__ either: tracebacks print the cause in full.
+            raise Retryable(f"could not build the request: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
             raise Retryable(f"could not reach the server: {type(exc).__name__}: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

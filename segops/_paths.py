@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 SPOOL_DIR_ENV = "SEGOPS_SPOOL_DIR"
 
@@ -75,11 +77,16 @@ def redact(secret: str) -> str:
 _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
 
 
-def display_url(text: str) -> str:
-    """``text`` as an error may show it: a key pasted as the URL comes out redacted, a
-    ``user:password@`` part as ``…@``."""
-    if text.startswith(("sk_", "pk_")):
-        return redact(text)
+_KEY_LIKE = re.compile(r"\b[sp]k_[^\s/?#&\"']+")
+
+
+def display_url(text: str, api_key: Optional[str] = None) -> str:
+    """``text`` as an error or repr may show it: the API key (and anything that looks like
+    an ``sk_``/``pk_`` key) comes out redacted wherever it appears, a ``user:password@``
+    part as ``…@``."""
+    if api_key:
+        text = text.replace(api_key, redact(api_key))
+    text = _KEY_LIKE.sub(lambda m: redact(m.group()), text)
     scheme, slashes, rest = text.partition("//")
     if slashes and "@" in rest:
         # Up to the last "@": a password may itself hold "/", "?", "#" or "@".

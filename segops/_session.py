@@ -154,4 +154,13 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's answer has no usable token/expires_at",
             status=reply.status,
         ) from exc
-    return Token(str(value), expires, str(data.get("uid", "")))
+    if not (isinstance(value, str) and value and value.isascii() and value.isprintable()) or (
+        " " in value
+    ):
+        # It could never go in a header: failing here sends nothing and mints again later,
+        # where httpx would fail every request until expiry, quoting the token.
+        raise DeliveryError(
+            "session mint: the server's token holds characters a header cannot carry",
+            status=reply.status,
+        )
+    return Token(value, expires, str(data.get("uid", "")))

@@ -113,12 +113,29 @@ def prepare_path(path: Path) -> None:
     file ourselves with 0600 keeps the side files private regardless of the umask.
     """
     try:
-        if not path.parent.is_dir():
-            os.makedirs(path.parent, mode=0o700, exist_ok=True)
+        _make_private_dirs(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
     except OSError as exc:
         raise SpoolError(f"cannot create spool file {path}: {exc}") from exc
+
+
+def _make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and any missing parent, each 0700.
+
+    ``os.makedirs(mode=...)`` applies the mode to the last folder only; parents it makes
+    get the umask, world-writable under umask 000 (common in containers), and anyone could
+    then swap our private folder for theirs.
+    """
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            os.mkdir(each, 0o700)
 
 
 def secure_side_files(path: Path) -> None:

@@ -58,9 +58,7 @@ def test_replay_uses_the_default_spool(cli: Runner, server: DevServer, spool_dir
     assert sorted(server_ids(server)) == sorted(ids)
 
 
-def test_replay_with_server_down(
-    cli: Runner, server: DevServer, spool_file: Path
-) -> None:
+def test_replay_with_server_down(cli: Runner, server: DevServer, spool_file: Path) -> None:
     """Server unreachable: exit 1, the reason on stderr, every event still spooled."""
     seed(spool_file, 40)
     server.stop()

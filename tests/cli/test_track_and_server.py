@@ -24,10 +24,19 @@ def spool_file(tmp_path: Path) -> Path:
 def test_track_one_event(cli: Runner, server: DevServer, spool_file: Path) -> None:
     """track with flags spools and delivers one event; exit 0."""
     result = cli(
-        "track", "--user-id", "u-9", "--event-type", "door_opened",
-        "--payload", '{"demo_id": "one", "floor": 3}',
-        "--occurred-at", "2024-05-01T10:00:00Z", "--anonymous-id", "anon-1",
-        "--spool", str(spool_file),
+        "track",
+        "--user-id",
+        "u-9",
+        "--event-type",
+        "door_opened",
+        "--payload",
+        '{"demo_id": "one", "floor": 3}',
+        "--occurred-at",
+        "2024-05-01T10:00:00Z",
+        "--anonymous-id",
+        "anon-1",
+        "--spool",
+        str(spool_file),
     )
     assert result.code == 0, result.err
     assert "delivered 1" in result.out
@@ -93,9 +102,7 @@ def test_track_jsonl_bad_line_spools_nothing(
         (["--jsonl", "/nonexistent/events.jsonl"], "cannot read"),
     ],
 )
-def test_track_bad_input(
-    cli: Runner, spool_file: Path, args: List[str], fragment: str
-) -> None:
+def test_track_bad_input(cli: Runner, spool_file: Path, args: List[str], fragment: str) -> None:
     """Invalid track flags: exit 2 with one line, and no spool file appears."""
     result = cli("track", *args, "--spool", str(spool_file), stdin="")
     assert result.code == 2
@@ -103,9 +110,7 @@ def test_track_bad_input(
     assert not spool_file.exists()
 
 
-def test_track_server_down_keeps_events(
-    cli: Runner, server: DevServer, spool_file: Path
-) -> None:
+def test_track_server_down_keeps_events(cli: Runner, server: DevServer, spool_file: Path) -> None:
     """Server down: track still exits 0 (events are durable), says why; replay sends later."""
     server.stop()
     text = "\n".join(json.dumps(event(f"d-{i}")) for i in range(3))
@@ -125,8 +130,16 @@ def test_track_timeout_0_spools_without_any_network(
 ) -> None:
     """--timeout 0 means spool only: no request at all, no error, exit 0."""
     result = cli(
-        "track", "--user-id", "u", "--event-type", "t", "--spool", str(spool_file),
-        "--timeout", "0", "--json",
+        "track",
+        "--user-id",
+        "u",
+        "--event-type",
+        "t",
+        "--spool",
+        str(spool_file),
+        "--timeout",
+        "0",
+        "--json",
     )
     assert result.code == 0, result.err
     report = result.json()
@@ -134,9 +147,7 @@ def test_track_timeout_0_spools_without_any_network(
     assert result.err == "" and not server.requests
 
 
-def test_track_default_spool_then_status(
-    cli: Runner, server: DevServer, spool_dir: Path
-) -> None:
+def test_track_default_spool_then_status(cli: Runner, server: DevServer, spool_dir: Path) -> None:
     """Without --spool, track and status agree on the library's default spool."""
     server.stop()
     result = cli("track", "--user-id", "u", "--event-type", "t", "--timeout", "0")
@@ -152,9 +163,23 @@ def test_dev_server_command(base_env: Dict[str, str], tmp_path: Path) -> None:
     """`segops dev-server` serves the API; track reaches it; SIGTERM stops it with exit 0."""
     db = tmp_path / "dev.sqlite3"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "segops", "dev-server", "--port", "0", "--db", str(db),
-         "--secret-key", SECRET],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env, cwd=str(REPO),
+        [
+            sys.executable,
+            "-m",
+            "segops",
+            "dev-server",
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--secret-key",
+            SECRET,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=base_env,
+        cwd=str(REPO),
     )
     try:
         assert proc.stdout is not None
@@ -164,9 +189,23 @@ def test_dev_server_command(base_env: Dict[str, str], tmp_path: Path) -> None:
         url = match.group(1)
         env = {**base_env, "SEGOPS_API_URL": url, "SEGOPS_API_KEY": SECRET}
         track = subprocess.run(
-            [sys.executable, "-m", "segops", "track", "--user-id", "u", "--event-type", "t",
-             "--spool", str(tmp_path / "s.sqlite3")],
-            capture_output=True, text=True, env=env, timeout=60, cwd=str(REPO),
+            [
+                sys.executable,
+                "-m",
+                "segops",
+                "track",
+                "--user-id",
+                "u",
+                "--event-type",
+                "t",
+                "--spool",
+                str(tmp_path / "s.sqlite3"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            cwd=str(REPO),
         )
         assert track.returncode == 0, track.stderr
         assert "delivered 1" in track.stdout

@@ -185,9 +185,7 @@ def test_pk_client_with_signed_user_id(
     signed = ns["signed"]
     assert set(signed) == {"user_id", "user_id_sig", "user_id_ts"}
     assert segops.verify_user_id(HMAC_SECRET, uid, signed["user_id_sig"], signed["user_id_ts"])
-    assert segops.verify_user_id(
-        HMAC_SECRET, user_pk, signed["user_id_sig"], signed["user_id_ts"]
-    )
+    assert segops.verify_user_id(HMAC_SECRET, user_pk, signed["user_id_sig"], signed["user_id_ts"])
     run_doc(PK_CLIENT, doc_server, ns)
     client = ns["client"]
     try:

@@ -18,7 +18,7 @@ PAYLOADS: Dict[str, Dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("name", list(PAYLOADS), ids=list(PAYLOADS))
-@pytest.mark.parametrize("user_id", ["user-123", "Zoë \"q\" \\"])
+@pytest.mark.parametrize("user_id", ["user-123", 'Zoë "q" \\'])
 def test_encode_common_matches_encode_event(
     monkeypatch: pytest.MonkeyPatch, name: str, user_id: str
 ) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import stat
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator, List
 
@@ -210,6 +211,8 @@ def test_a_header_httpx_refuses_is_reported_without_its_value() -> None:
                 with pytest.raises(Retryable) as info:
                     sender.post("/api/ingestion/track/batch/", b"{}", {"Authorization": bad})
                 assert "SECRETPART" not in f"{info.value} {info.value!r}"
+                printed = "".join(traceback.format_exception(info.type, info.value, info.tb))
+                assert "SECRETPART" not in printed, "the httpx error is chained as the cause"
         finally:
             sender.close()
 
@@ -299,3 +302,35 @@ def test_corrupt_spool_is_moved_aside_and_reported(tmp_path: Path) -> None:
     assert len(corrupt) == 1 and "moved aside" in str(corrupt[0])
     evidence = list(tmp_path.glob("s.sqlite3.corrupt-*"))
     assert evidence and evidence[0].read_bytes().startswith(b"this is not a database")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        SECRET,
+        f" {SECRET}",
+        f'"{SECRET}"',
+        f"ApiKey {SECRET}",
+        f"https://api.example.com/?api_key={SECRET}",
+        f"https://{SECRET}.example.com",
+    ],
+)
+def test_a_key_anywhere_in_the_url_is_redacted(spool_dir: Path, url: str) -> None:
+    """A key pasted into api_url, however wrapped, never shows in the error or the repr."""
+    try:
+        client = segops.SegOpsClient(url, SECRET)
+    except segops.ConfigurationError as exc:
+        assert "SECRETtail" not in str(exc)
+        assert redact(SECRET) in str(exc)
+    else:
+        try:
+            assert "SECRETtail" not in repr(client)
+        finally:
+            client.shutdown(timeout=0.1)
+
+
+@pytest.mark.parametrize("url", ["https://api.example.com/?x=1", "https://api.example.com/#top"])
+def test_api_url_with_query_or_fragment_is_refused(spool_dir: Path, url: str) -> None:
+    """The API paths are appended to api_url, so a query or fragment is a ConfigurationError."""
+    with pytest.raises(segops.ConfigurationError, match="base URL"):
+        segops.SegOpsClient(url, SECRET)

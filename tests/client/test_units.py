@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import json
 import time
+import traceback
 from typing import Any, Callable, List, Optional
 
 import httpx
@@ -287,3 +289,52 @@ def test_sign_user_id_bad_secret() -> None:
     """A non-hex secret is a ValueError."""
     with pytest.raises(ValueError):
         segops.sign_user_id("not-hex", "u-4", 1)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Asia/Tokyo"])
+def test_retry_after_asctime_date_is_gmt(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    """An asctime-form Retry-After (no zone written) is GMT, whatever the local time zone."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        when = time.gmtime(time.time() + 30)
+        asctime = time.strftime("%a %b %d %H:%M:%S %Y", when).replace(" 0", "  ", 1)
+        wait = reply(429, headers={"Retry-After": asctime}).retry_after()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert wait is not None and 27 <= wait <= 31
+
+
+def test_session_token_a_header_cannot_carry_is_refused_without_quoting_it(
+    tmp_path: Any,
+) -> None:
+    """A minted token with a newline is refused at mint: never sent, never in a traceback."""
+    paths: List[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        token = {"token": "eyJ.SECRETPART\nsig", "expires_at": "2099-01-01T00:00:00Z"}
+        return httpx.Response(200, json=token)
+
+    client = segops.SegOpsClient(
+        "http://segops.test",
+        "pk_test_0123456789abcdef",
+        get_user=lambda: segops.UserContext(user_id="u"),
+        spool_path=tmp_path / "s.sqlite3",
+        flush_interval=60,
+        on_error=lambda exc: None,
+        transport=httpx.MockTransport(handler),
+        retry_policy=segops.RetryPolicy(attempts=2, timeout=2, wait_initial=0.01, wait_max=0.02),
+    )
+    try:
+        client.track(user_id="u", event_type="e")
+        with pytest.raises(segops.DeliveryError) as info:
+            client.flush(timeout=2)
+    finally:
+        with contextlib.suppress(segops.SegOpsError):  # the event stays spooled
+            client.shutdown(timeout=0.1)
+    printed = "".join(traceback.format_exception(info.type, info.value, info.tb))
+    assert "SECRETPART" not in printed
+    assert "header" in str(info.value)
+    assert set(paths) == {"/api/auth/session/"}, "an ingestion request went out with it"

@@ -17,10 +17,19 @@ from spool import Batch, Record, Spool, SpoolError, Status
 
 def test_public_api_is_pinned() -> None:
     """__all__ lists exactly the supported names."""
-    assert sorted(spool.__all__) == sorted([
-        "Batch", "DeadLetter", "Record", "Spool", "SpoolCorrupt", "SpoolError",
-        "SpoolFull", "Stats", "Status",
-    ])
+    assert sorted(spool.__all__) == sorted(
+        [
+            "Batch",
+            "DeadLetter",
+            "Record",
+            "Spool",
+            "SpoolCorrupt",
+            "SpoolError",
+            "SpoolFull",
+            "Stats",
+            "Status",
+        ]
+    )
     assert int(Status.PENDING) == 0 and int(Status.LEASED) == 1
 
 
@@ -173,7 +182,9 @@ def test_dead_letter_requeue_and_purge(sp: Spool) -> None:
     assert sp.dead_letter(batch.records[1:], "HTTP 400") == 2
     dead = sp.dead_letters()
     assert [(d.id, d.data, d.reason) for d in dead] == [
-        (ids[1], b"bad", "HTTP 400"), (ids[2], b"worse", "HTTP 400")]
+        (ids[1], b"bad", "HTTP 400"),
+        (ids[2], b"worse", "HTTP 400"),
+    ]
     assert dead[0].failed_at >= before - 1
     assert sp.ack(batch) == 1
     assert sp.pending_through(ids[-1]) == 0
@@ -289,6 +300,18 @@ def test_file_and_directory_permissions(sp: Spool, db_path: Path) -> None:
     assert sp.path == db_path
 
 
+def test_every_folder_created_for_the_spool_is_private(tmp_path: Path) -> None:
+    """Missing parent folders are made 0700 too, even under umask 000 (not only the last)."""
+    nested = tmp_path / "a" / "b" / "c" / "s.sqlite3"
+    old = os.umask(0)
+    try:
+        Spool(nested).close()
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
 def test_checkpoint_runs_and_background_thread_stops_on_close(sp: Spool) -> None:
     """checkpoint() works and close() stops the daemon thread."""
     sp.append(b"x")
@@ -297,8 +320,10 @@ def test_checkpoint_runs_and_background_thread_stops_on_close(sp: Spool) -> None
     assert any(n.startswith("spool-checkpoint") for n in names)
     sp.close()
     time.sleep(0.05)
-    assert not any(t.name.startswith("spool-checkpoint:events.db") and t.is_alive()
-                   for t in threading.enumerate())
+    assert not any(
+        t.name.startswith("spool-checkpoint:events.db") and t.is_alive()
+        for t in threading.enumerate()
+    )
 
 
 @pytest.mark.timeout(120)

@@ -23,9 +23,7 @@ def test_simultaneous_first_open(tmp_path: Path, round_: int) -> None:
     path = tmp_path / f"race-{round_}.sqlite3"
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(8)
-    procs = [
-        ctx.Process(target=_open_and_append, args=(str(path), barrier, n)) for n in range(8)
-    ]
+    procs = [ctx.Process(target=_open_and_append, args=(str(path), barrier, n)) for n in range(8)]
     for proc in procs:
         proc.start()
     for proc in procs:

@@ -41,7 +41,11 @@ def run_claimer(path: Path) -> tuple[subprocess.Popen[str], str, str, list[int]]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(CLAIMER), str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     _started.append(proc)
     assert proc.stdout is not None

@@ -32,7 +32,10 @@ def run_child(code: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
         start_new_session=True,  # so teardown can kill grandchildren too
     )
     _started.append(child)
@@ -203,8 +206,10 @@ def test_spool_keeps_working_in_parent_and_child_after_fork(sp: Spool) -> None:
             ok = batch is not None and batch.ids == (rid,) and sp.ack(batch) == 1
             sp.checkpoint()
             # the child runs its own checkpointer thread (the parent's didn't survive fork)
-            ok = ok and any(t.name.startswith("spool-checkpoint") and t.is_alive()
-                            for t in threading.enumerate())
+            ok = ok and any(
+                t.name.startswith("spool-checkpoint") and t.is_alive()
+                for t in threading.enumerate()
+            )
             code = 0 if ok else 2
         finally:
             os._exit(code)

@@ -79,12 +79,14 @@ class SpoolMachine(RuleBasedStateMachine):
             assert got.key == expected_key
         self.model.batches[got.key] = ModelBatch(
             expected_ids[0] if expected_key is None else self.model.batches[got.key].first,
-            expected_ids, got.owner, self.generation)
+            expected_ids,
+            got.owner,
+            self.generation,
+        )
         self.handed.append(got)
 
     def _expected_claim(self, n: int, cap: Optional[int]) -> tuple[Optional[str], list[int]]:
-        released = [(mb.first, key) for key, mb in self.model.batches.items()
-                    if mb.owner is None]
+        released = [(mb.first, key) for key, mb in self.model.batches.items() if mb.owner is None]
         for _, key in sorted(released):
             if self.model.batches[key].ids:
                 return key, sorted(self.model.batches[key].ids)
@@ -144,17 +146,23 @@ class SpoolMachine(RuleBasedStateMachine):
         cut = b.records[0].id
         del self.model.batches[batch.key]
         self.model.batches[a.key] = ModelBatch(
-            mb.first, [i for i in mb.ids if i < cut], batch.owner, mb.generation)
+            mb.first, [i for i in mb.ids if i < cut], batch.owner, mb.generation
+        )
         self.model.batches[b.key] = ModelBatch(
-            cut, [i for i in mb.ids if i >= cut], batch.owner, mb.generation)
+            cut, [i for i in mb.ids if i >= cut], batch.owner, mb.generation
+        )
 
     @precondition(lambda self: self.handed)
     @rule(pick=st.integers(0, 10**6), mask=st.integers(0, 31))
     def dead_letter(self, pick: int, mask: int) -> None:
         batch = self.handed[pick % len(self.handed)]
         chosen = [r for k, r in enumerate(batch.records) if mask >> (k % 5) & 1]
-        mine = {i for mb in self.model.batches.values()
-                if mb.owner is not None and mb.generation == self.generation for i in mb.ids}
+        mine = {
+            i
+            for mb in self.model.batches.values()
+            if mb.owner is not None and mb.generation == self.generation
+            for i in mb.ids
+        }
         moved = [r.id for r in chosen if r.id in mine]
         assert self.spool.dead_letter(chosen, "reason") == len(moved)
         for i in moved:
@@ -193,7 +201,8 @@ class SpoolMachine(RuleBasedStateMachine):
         assert stats.pending == len(self.model.live) - leased
         assert stats.dead == len(self.model.dead)
         assert stats.total_bytes == sum(map(len, self.model.live.values())) + sum(
-            map(len, self.model.dead.values()))
+            map(len, self.model.dead.values())
+        )
         assert self.spool.last_id() == self.model.max_id
         assert self.spool.pending_through(self.model.max_id) == len(self.model.live)
         assert sorted(d.id for d in self.spool.dead_letters()) == sorted(self.model.dead)
