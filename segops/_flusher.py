@@ -100,6 +100,10 @@ class Flusher:
                     pass
                 failures = 0
             except SegOpsError as exc:
+                if self._stop.is_set():
+                    # shutdown() cut the cycle short (a backoff or Retry-After wait): not a
+                    # failure to report; its own final flush raises what is still wrong.
+                    return
                 failures += 1
                 self._report(exc)
                 if self._retiring:

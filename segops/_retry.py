@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, List, Optional, TypeVar
 
 import tenacity
 
@@ -102,14 +102,20 @@ def call_with_retries(
             or budget.left() <= 0.05
         )
 
+    last_failure: List[BaseException] = []
+
     def sleep(seconds: float) -> None:
-        if cancel is not None:
-            cancel.wait(seconds)
-        else:
+        if cancel is None:
             time.sleep(seconds)
+        elif cancel.wait(seconds):
+            # Cancelled mid-wait: end here with the failure we were waiting out. tenacity
+            # would otherwise make the next attempt at once, before a Retry-After passed.
+            raise last_failure[-1]
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        if exc is not None:
+            last_failure[:] = [exc]
         if on_retry is not None and isinstance(exc, Retryable):
             on_retry(exc, state.upcoming_sleep)
 

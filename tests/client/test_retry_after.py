@@ -153,3 +153,21 @@ def test_flusher_backoff_honours_the_hint_up_to_the_cap() -> None:
     assert _backoff(segops.DeliveryError("x", status=429, retry_after=90.0), 1) >= 90.0
     assert _backoff(segops.DeliveryError("x", status=429, retry_after=1e9), 1) == RETRY_AFTER_CAP
     assert RETRY_AFTER_CAP == 3600.0
+
+
+@pytest.mark.parametrize("hint", [1.0, 2.0], ids=["inside-the-cycle", "past-the-cycle"])
+def test_shutdown_during_a_hint_reports_nothing_to_on_error(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog, hint: float
+) -> None:
+    """Stopping a flusher that waits out a Retry-After is not a failure for on_error."""
+    policy = ROOMY if hint == 1.0 else SHORT
+    throttle(server, hint=hint)
+    client = make_client(retry_policy=policy, flush_interval=0.1, batch_size=1, on_error=errors)
+    client.track(user_id="u", event_type="e")
+    wait_until(lambda: len(ingestion(server)) == 1, timeout=5)
+    time.sleep(0.7)  # past SHORT's cycle: the flusher now waits in its backoff or the hold
+    reported = len(errors.items)
+    with pytest.raises(segops.DeliveryError):  # shutdown itself must not send before the hint
+        client.shutdown(timeout=0.2)
+    assert errors.items[reported:] == []
+    assert [r.status for r in ingestion(server)] == [429]
