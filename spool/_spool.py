@@ -475,6 +475,11 @@ class Spool:
                 return row
         return None
 
+    def _holder_gone(self, owner: str) -> bool:
+        """True when ``owner`` is a process of this machine that surely exited."""
+        pid = None if self._host is None else _owner_pid(owner, self._host)
+        return pid is not None and pid not in (self._pid, os.getpid()) and _pid_gone(pid)
+
     def _gone(self, pid: int) -> bool:
         """_pid_gone with a short memory of live pids (caller holds ``self._lock``)."""
         tick = time.monotonic()
@@ -694,12 +699,14 @@ class Spool:
             ).fetchone()
             if conn.execute(_TOMBSTONE).fetchone() is not None:
                 live -= 1
-            leased = conn.execute(
-                "SELECT coalesce(sum((SELECT count(data) FROM records"
-                " WHERE id BETWEEN b.first_id AND b.last_id)), 0)"
+            held = conn.execute(
+                "SELECT b.owner, (SELECT count(data) FROM records"
+                " WHERE id BETWEEN b.first_id AND b.last_id)"
                 " FROM batches AS b WHERE b.status = ? AND b.until > ?",
                 (_LEASED, now),
-            ).fetchone()[0]
+            ).fetchall()
+            # A batch whose holder exited is pending again: the next claim takes it at once.
+            leased = sum(n for owner, n in held if not self._holder_gone(str(owner)))
             dead, dead_bytes = conn.execute(
                 "SELECT count(*), coalesce(sum(length(data)), 0) FROM dead_letters"
             ).fetchone()

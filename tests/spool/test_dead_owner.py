@@ -140,11 +140,13 @@ def test_batch_of_sigkilled_subprocess_is_reclaimed_at_once(
     ids = sp.append_many([f"e{i}" for i in range(10)])
     proc, key, _, claimed = run_claimer(db_path)
     assert claimed == ids
+    assert (sp.stats().pending, sp.stats().leased) == (0, 10)
     os.kill(proc.pid, signal.SIGKILL)
     if reaped:
         proc.wait(10)
     else:
         wait_zombie(proc.pid)
+    assert (sp.stats().pending, sp.stats().leased) == (10, 0), "the dead holder's batch is pending"
     batch = sp.claim(100, lease=LEASE)
     assert batch is not None and batch.key == key and list(batch.ids) == ids
     assert sp.ack(batch) == 10
@@ -162,6 +164,7 @@ def test_live_owner_keeps_its_lease(sp: Spool, db_path: Path, state: str) -> Non
     while time.monotonic() < deadline:
         assert sp.claim(100, lease=LEASE) is None
         time.sleep(0.05)
+    assert sp.stats().leased == 10
     if state == "stopped":
         os.kill(proc.pid, signal.SIGCONT)
     out, err = proc.communicate("ack\n", timeout=10)
