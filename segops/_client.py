@@ -138,7 +138,7 @@ class SegOpsClient:
         self._batch = bool(batch)
         self._batch_size = batch_size
         self._timeout = timeout
-        path = Path(spool_path) if spool_path is not None else None
+        path = Path(spool_path).expanduser() if spool_path is not None else None
         if path is None:
             make_cache_dir_private()
         self._spool_path = path or default_spool_path(self._api_url, api_key)

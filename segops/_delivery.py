@@ -34,6 +34,9 @@ logger = logging.getLogger("segops")
 MAX_BATCH_EVENTS = 500
 #: Keep request bodies well under common proxy limits; a 413 still splits.
 MAX_BATCH_BYTES = 5 * 1024 * 1024
+#: Tag of a spool batch claimed for the single-event endpoint (``batch=False``): its
+#: retries go to the same endpoint under the same Idempotency-Key.
+SINGLE_TAG = "single"
 #: How long a retiring session token (``reset_session``) may still be used before it expires.
 RETIRING_SKEW = 5.0
 #: Requests one pk_ attempt can make (see ``Delivery._post_once``): its lease must cover them.
@@ -127,12 +130,13 @@ class Delivery:
                 lease=self._lease,
                 min_age=min_age,
                 fresh_only=fresh_only,
+                tag=SINGLE_TAG if single else None,
             )
         except spool.SpoolError as exc:
             raise translate_spool_error(exc) from exc
         if batch is None:
             return 0
-        self._deliver(batch, deadline, cancel, single, policy or self._policy)
+        self._deliver(batch, deadline, cancel, policy or self._policy)
         return len(batch.records)
 
     def retire_token(self, token: Token, boundary: int) -> None:
@@ -168,7 +172,6 @@ class Delivery:
         batch: spool.Batch,
         deadline: Optional[float],
         cancel: Optional[threading.Event],
-        single: bool,
         policy: RetryPolicy,
     ) -> None:
         todo: List[spool.Batch] = [batch]
@@ -185,7 +188,7 @@ class Delivery:
                     todo[:1] = list(self._spool.split(current))
                     continue
                 try:
-                    reply = self._send(current, token, deadline, cancel, single, policy)
+                    reply = self._send(current, token, deadline, cancel, policy)
                 except _Rejected as exc:
                     todo[:1] = self._handle_rejected(current, exc)
                     continue
@@ -259,14 +262,17 @@ class Delivery:
         token: object,
         deadline: Optional[float],
         cancel: Optional[threading.Event],
-        single: bool,
         policy: RetryPolicy,
     ) -> Reply:
         records = [r.data for r in batch.records]
-        if single and len(records) == 1:
-            path, body, extra = SINGLE_PATH, records[0], {}
+        # A batch first sent on the single-event endpoint goes there again, with the same
+        # key and body, whoever retries it: a server that stored the first attempt (whose
+        # answer was lost) recognizes the repeat. On the batch endpoint it could not.
+        if batch.tag == SINGLE_TAG and len(records) == 1:
+            path, body = SINGLE_PATH, records[0]
         else:
-            path, body, extra = BATCH_PATH, batch_body(records), {"Idempotency-Key": batch.key}
+            path, body = BATCH_PATH, batch_body(records)
+        extra = {"Idempotency-Key": batch.key}
 
         def attempt() -> Reply:
             return self._post_once(path, body, extra, token, deadline)

@@ -55,7 +55,7 @@ _LEASED = int(Status.LEASED)
 _PENDING = int(Status.PENDING)
 
 _FIND_GROUP = (
-    "SELECT key, first_id, last_id FROM batches WHERE until <= ? ORDER BY first_id LIMIT 1"
+    "SELECT key, first_id, last_id, tag FROM batches WHERE until <= ? ORDER BY first_id LIMIT 1"
 )
 _RANGE = "SELECT id, data FROM records WHERE id BETWEEN ? AND ? AND data IS NOT NULL ORDER BY id"
 # (id, size, created): the claim transaction never touches the records' bytes.
@@ -82,7 +82,7 @@ _LEASED_BY_ME = (
 # at (via the first_id index), so a file with thousands of leases costs no full scan; a
 # dead owner's batch further up is found once older ones are acked, or expires.
 _HELD_NEARBY = (
-    "SELECT key, first_id, last_id, owner FROM"
+    "SELECT key, first_id, last_id, tag, owner FROM"
     " (SELECT * FROM batches ORDER BY first_id LIMIT ?)"
     " WHERE status = ? AND until > ? AND substr(owner, 1, ?) = ? AND substr(owner, 1, ?) <> ?"
     " ORDER BY first_id LIMIT ?"
@@ -257,7 +257,8 @@ class Spool:
             raise ValueError("max_bytes must be positive or None")
         if busy_timeout < 0 or checkpoint_interval <= 0:
             raise ValueError("busy_timeout must be >= 0 and checkpoint_interval > 0")
-        self._path = Path(os.path.abspath(os.fspath(path)))
+        # "~/..." means the home directory, as in a shell: never a folder named "~".
+        self._path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         self._sync = _storage.SYNCHRONOUS[durability]
         self._max_bytes = max_bytes
         # Unlimited is a limit never reached: every append counts bytes the same way.
@@ -385,6 +386,7 @@ class Spool:
         lease: float = 60.0,
         min_age: float = 0.0,
         fresh_only: bool = False,
+        tag: Optional[str] = None,
     ) -> Optional[Batch]:
         """Lease the oldest available records, or None when nothing is claimable.
 
@@ -395,6 +397,7 @@ class Spool:
         producer that sends its own fresh records can claim them first. ``fresh_only``
         skips released and expired batches: only records never claimed are taken (a
         producer sending what it just appended leaves old failures to its retry loop).
+        ``tag`` is stored with a new batch and handed back whenever it is claimed again.
         """
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
@@ -407,7 +410,7 @@ class Spool:
                 if batch is not None:
                     return batch
             return self._claim_fresh(
-                conn, max_records, max_bytes, owner, now + lease, now - min_age
+                conn, max_records, max_bytes, owner, now + lease, now - min_age, tag
             )
 
         claimed = self._write("claim", txn)
@@ -417,7 +420,7 @@ class Spool:
         # processes) wait only for the tiny transaction that leases the id range.
         key, first, last = claimed
         rows = self._read_range(first, last)
-        return Batch(key, _records(rows), owner) if rows else None
+        return Batch(key, _records(rows), owner, tag) if rows else None
 
     def _read_range(self, first: int, last: int) -> list[Any]:
         """The live rows of a range this Spool has leased (nobody else deletes them)."""
@@ -444,19 +447,19 @@ class Spool:
             row = conn.execute(_FIND_GROUP, (now,)).fetchone() or self._orphaned(conn, now)
             if row is None:
                 return None
-            key, first, last = str(row[0]), int(row[1]), int(row[2])
+            key, first, last, tag = str(row[0]), int(row[1]), int(row[2]), row[3]
             rows = conn.execute(_RANGE, (first, last)).fetchall()
             if rows:
                 conn.execute(
                     "UPDATE batches SET status = ?, owner = ?, until = ? WHERE key = ?",
                     (_LEASED, owner, until, key),
                 )
-                return Batch(key, _records(rows), owner)
+                return Batch(key, _records(rows), owner, None if tag is None else str(tag))
             # Every row was dead-lettered and the batch never acked: drop the husk.
             conn.execute("DELETE FROM batches WHERE key = ?", (key,))
 
     def _orphaned(self, conn: sqlite3.Connection, now: float) -> Optional[Sequence[Any]]:
-        """(key, first_id, last_id) of a live lease whose owner process no longer exists.
+        """(key, first_id, last_id, tag) of a live lease whose owner process no longer exists.
 
         Only owners in our pid namespace (same host id) and other than this process qualify;
         an owner seen alive is not asked again for _ALIVE_RECHECK seconds.
@@ -469,7 +472,7 @@ class Spool:
             _HELD_NEARBY, (*params, _DEAD_OWNER_SCAN)
         ).fetchall()
         for row in rows:
-            pid = _owner_pid(str(row[3]), self._host)
+            pid = _owner_pid(str(row[4]), self._host)
             if pid is not None and pid not in (self._pid, os.getpid()) and self._gone(pid):
                 log.debug("spool: batch %s of exited process %d reclaimed", row[0], pid)
                 return row
@@ -502,6 +505,7 @@ class Spool:
         owner: str,
         until: float,
         created_by: float,
+        tag: Optional[str],
     ) -> Optional[tuple[str, int, int]]:
         """Lease the oldest un-batched rows as a new batch: its (key, first id, last id)."""
         # Un-batched rows are exactly those above every batch's range (see the schema).
@@ -511,9 +515,9 @@ class Spool:
             return None
         key = str(uuid.uuid4())
         conn.execute(
-            "INSERT INTO batches(key, first_id, last_id, status, owner, until)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (key, span[0], span[1], _LEASED, owner, until),
+            "INSERT INTO batches(key, first_id, last_id, status, owner, until, tag)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, span[0], span[1], _LEASED, owner, until, tag),
         )
         return key, span[0], span[1]
 
@@ -571,18 +575,18 @@ class Spool:
         if len(batch) < 2:
             raise ValueError("cannot split a batch of fewer than 2 records")
         half = len(batch) // 2
-        first = Batch(str(uuid.uuid4()), batch.records[:half], batch.owner)
-        second = Batch(str(uuid.uuid4()), batch.records[half:], batch.owner)
+        first = Batch(str(uuid.uuid4()), batch.records[:half], batch.owner, batch.tag)
+        second = Batch(str(uuid.uuid4()), batch.records[half:], batch.owner, batch.tag)
 
         def txn(conn: sqlite3.Connection) -> None:
             span = _owned_span(conn, batch)
             if span is None:
                 return
             conn.execute(
-                "INSERT INTO batches(key, first_id, last_id, status, owner, until)"
-                " SELECT ?, ?, ?, status, owner, until FROM batches WHERE key = ?"
+                "INSERT INTO batches(key, first_id, last_id, status, owner, until, tag)"
+                " SELECT ?, ?, ?, status, owner, until, tag FROM batches WHERE key = ?"
                 " UNION ALL"
-                " SELECT ?, ?, ?, status, owner, until FROM batches WHERE key = ?",
+                " SELECT ?, ?, ?, status, owner, until, tag FROM batches WHERE key = ?",
                 (
                     first.key,
                     span[0],

@@ -70,6 +70,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             failed_at REAL NOT NULL
         )""",
     ),
+    ("ALTER TABLE batches ADD COLUMN tag TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,12 +25,17 @@ class Record:
 
 @dataclass(frozen=True)
 class Batch:
-    """A leased group of records; ``key`` survives release/expiry, ``owner`` is per claim."""
+    """A leased group of records; ``key`` survives release/expiry, ``owner`` is per claim.
 
-    __slots__ = ("key", "owner", "records")
+    ``tag`` is the text given to the claim that made the batch: it comes back with every
+    later claim of the same batch (e.g. the route its first send took).
+    """
+
+    __slots__ = ("key", "owner", "records", "tag")
     key: str
     records: tuple[Record, ...]
     owner: str
+    tag: Optional[str]
 
     def __len__(self) -> int:
         return len(self.records)

@@ -332,6 +332,33 @@ def test_batch_false_single_event_refused_is_dead_lettered(
     assert "no thanks" in str(errors.of(segops.EventRejected)[0])
 
 
+@pytest.mark.parametrize("retried_by", ["flusher", "another_client"])
+def test_batch_false_send_whose_answer_was_lost_is_stored_once(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog, retried_by: str
+) -> None:
+    """An inline send that timed out after the server stored it is retried on the same
+    endpoint under the same Idempotency-Key, by this client or the next: stored once."""
+    server.latency_ms = 1500  # longer than the client's 1 s timeout
+    # The first client's flusher retries only for the "flusher" case.
+    interval = 0.2 if retried_by == "flusher" else 60.0
+    client = make_client(batch=False, timeout=1.0, on_error=errors, flush_interval=interval)
+    for i in range(3):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    assert len(errors.of(segops.DeliveryError)) == 3
+    wait_until(lambda: len(server.events()) == 3, timeout=5)  # the server took all three
+    server.latency_ms = 0
+    if retried_by == "another_client":
+        with pytest.raises(segops.FlushTimeout):  # no time given: the events stay spooled
+            client.shutdown(timeout=0)
+        client = make_client()  # batch=True: the tag on the spooled batches decides
+    client.flush(timeout=15)
+    assert sorted(payload_ids(server)) == [0, 1, 2]
+    sent = ingestion(server)
+    assert {r.path for r in sent} == {"/api/ingestion/track/"}, "a retry changed endpoint"
+    assert len({r.headers["idempotency-key"] for r in sent}) == 3
+    assert server.stats()["duplicates_dropped"] == len(sent) - 3
+
+
 # -- lifecycle -------------------------------------------------------------------------------
 
 

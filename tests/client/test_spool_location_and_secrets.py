@@ -334,3 +334,18 @@ def test_api_url_with_query_or_fragment_is_refused(spool_dir: Path, url: str) ->
     """The API paths are appended to api_url, so a query or fragment is a ConfigurationError."""
     with pytest.raises(segops.ConfigurationError, match="base URL"):
         segops.SegOpsClient(url, SECRET)
+
+
+def test_spool_path_with_tilde_is_under_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spool_path="~/..." is expanded like a shell path."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    client = segops.SegOpsClient("http://127.0.0.1:9", SECRET, spool_path="~/s.sqlite3")
+    try:
+        assert client.spool_path == tmp_path / "home" / "s.sqlite3"
+        assert (tmp_path / "home" / "s.sqlite3").exists()
+    finally:
+        client.shutdown(timeout=0)
+    assert not (tmp_path / "~").exists()

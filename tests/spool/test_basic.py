@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -382,5 +383,54 @@ def test_threads_append_while_a_flusher_acks(sp: Spool) -> None:
 
 def test_batch_is_a_plain_value() -> None:
     """Batch exposes ids, nbytes and len over its records."""
-    b = Batch("k", (Record(1, b"ab"), Record(2, b"c")), "o")
+    b = Batch("k", (Record(1, b"ab"), Record(2, b"c")), "o", None)
     assert (len(b), b.ids, b.nbytes) == (2, (1, 2), 3)
+
+
+def test_tag_comes_back_with_every_later_claim_of_the_batch(sp: Spool) -> None:
+    """A claim's tag is stored with its batch: a released batch, and its split halves, keep it."""
+    sp.append_many([b"a", b"b", b"c"])
+    first = sp.claim(10, tag="route-a")
+    assert first is not None and first.tag == "route-a"
+    sp.release(first)
+    again = sp.claim(10, tag="ignored")  # a reclaim keeps the batch's own tag
+    assert again is not None and (again.key, again.tag) == (first.key, "route-a")
+    halves = sp.split(again)
+    assert [h.tag for h in halves] == ["route-a", "route-a"]
+    sp.release(halves[1])
+    back = sp.claim(10)
+    assert back is not None and back.tag == "route-a" and back.ids == halves[1].ids
+    sp.append(b"d")
+    untagged = sp.claim(10, fresh_only=True)
+    assert untagged is not None and untagged.tag is None
+
+
+def test_a_spool_of_schema_v1_is_migrated_and_keeps_its_batches(db_path: Path) -> None:
+    """A file made before batches had tags opens, and its leased batch comes back untagged."""
+    import sqlite3
+
+    from spool import _storage
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        for sql in _storage.MIGRATIONS[0]:
+            db.execute(sql)
+        db.execute("INSERT INTO records(id, data) VALUES (1, x'61'), (2, x'62')")
+        db.execute(
+            "INSERT INTO batches(key, first_id, last_id, status, owner, until)"
+            " VALUES ('old-key', 1, 2, 0, NULL, 0)"
+        )
+        db.execute("PRAGMA user_version=1")
+        db.commit()
+    with Spool(db_path) as sp:
+        batch = sp.claim(10)
+        assert batch is not None and (batch.key, batch.ids, batch.tag) == ("old-key", (1, 2), None)
+
+
+def test_tilde_means_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spool("~/...") lands under $HOME, never in a folder named "~" in the working dir."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with Spool("~/app/events.db") as sp:
+        assert sp.path == tmp_path / "home" / "app" / "events.db"
+    assert not (tmp_path / "~").exists()

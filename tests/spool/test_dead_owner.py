@@ -210,7 +210,7 @@ def test_old_owner_of_a_reclaimed_batch_can_no_longer_touch_it(sp: Spool, db_pat
     batch = sp.claim(100, lease=LEASE)
     assert batch is not None and batch.key == key
     records = tuple(Record(i, b"e%d" % n) for n, i in enumerate(ids))
-    stale = Batch(key, records, owner)
+    stale = Batch(key, records, owner, None)
     assert sp.ack(stale) == 0
     assert sp.renew(stale, lease=LEASE) is False
     sp.release(stale)
