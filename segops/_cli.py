@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SegOps client tools: rescue a spool, inspect it, send events from "
         "scripts, run a local dev server, or watch the demo.",
         epilog="Exit codes: 0 done, 1 work left undone (the reason is printed), "
-        "2 usage or configuration error. See docs/cli.md.",
+        "2 usage or configuration error.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

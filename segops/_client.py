@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -546,8 +547,12 @@ def _check_settings(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError("batch_size must be a positive integer")
     for name, value in (("flush_interval", flush_interval), ("timeout", timeout)):
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value < math.inf  # NaN fails this too
+        ):
+            raise ConfigurationError(f"{name} must be a positive, finite number of seconds")
 
 
 def _open_spool(path: Path, durability: str, max_bytes: Optional[int]) -> spool.Spool:

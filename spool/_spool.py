@@ -290,6 +290,7 @@ class Spool:
         self._read_conn = None
         self._thread = None
         self._wake = threading.Event()
+        self._restart_wanted = False  # set by the checkpointer: the next append restarts the WAL
         self._stop = threading.Event()
         # Owner tokens start with this, so dead_letter() can tell "leased by me", and name
         # this process, so that claimers can tell when it is gone (see _host_id).
@@ -324,6 +325,8 @@ class Spool:
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "append") from exc
             rowid: int = cur.lastrowid  # type: ignore[assignment]  # set by every INSERT
+            if self._restart_wanted:
+                self._restart_locked()
         # Ids climb by one per append, whichever process appends: waking on multiples
         # wakes some process's checkpointer once per _CHECKPOINT_EVERY appends in all.
         if rowid % _CHECKPOINT_EVERY == 0:
@@ -768,6 +771,14 @@ class Spool:
                     conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
         return max(0, int(row[1])) * self._page_size
 
+    def _restart_locked(self) -> None:
+        """The RESTART pass, caller holding ``self._lock``; a failure only delays it."""
+        self._restart_wanted = False
+        try:
+            self._checkpoint_once(restart=True)
+        except (sqlite3.Error, SpoolError) as exc:
+            log.debug("spool: WAL restart pass failed, retried on the next tick: %s", exc)
+
     def _background_tick(self) -> None:
         # The unlocked pass copies the bulk while appends continue. But SQLite only restarts
         # (reuses, truncates) the WAL when a writer starts with *every* frame copied back,
@@ -779,9 +790,16 @@ class Spool:
         # append restarts the WAL. A PASSIVE pass held only our own appenders back, and with
         # several appending processes the WAL grew past a gigabyte.
         if self._checkpoint_once() >= _WAL_RESTART_BYTES and not self._stop.is_set():
-            with self._lock:
-                if not self._closed:
-                    self._checkpoint_once(restart=True)
+            # Appenders in a tight loop take our lock back to back, and Python's locks are
+            # not fair: waiting for it here could starve (the WAL then grows unbounded on a
+            # busy machine). So the next append runs the pass; without one, we do.
+            self._restart_wanted = True
+            if self._lock.acquire(timeout=0.05):
+                try:
+                    if self._restart_wanted and not self._closed:
+                        self._restart_locked()
+                finally:
+                    self._lock.release()
         # Recount (a full scan, which picks up other processes' writes) only once the
         # local estimate gets near the limit; far below it, an exact figure buys nothing.
         if self._max_bytes is not None and self._bytes >= self._max_bytes // 2:

@@ -7,6 +7,7 @@ import datetime as dt
 import enum
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
@@ -365,3 +366,26 @@ def test_track_many_is_all_or_nothing(server: DevServer, make_client: MakeClient
     assert client.track_many(events) == 5
     client.flush(timeout=10)
     assert payload_ids(server) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"timeout": 0},
+        {"timeout": True},
+        {"flush_interval": float("nan")},
+        {"flush_interval": -1.0},
+        {"batch_size": 0},
+        {"batch_size": 2.5},
+    ],
+    ids=repr,
+)
+def test_bad_settings_are_refused_at_construction(tmp_path: Path, setting: Dict[str, Any]) -> None:
+    """A NaN, infinite, zero or mistyped setting is a ConfigurationError naming the setting."""
+    with pytest.raises(segops.ConfigurationError, match=next(iter(setting))):
+        segops.SegOpsClient(
+            "http://127.0.0.1:9", "sk_x", spool_path=tmp_path / "s.sqlite3", **setting
+        )
+    assert not (tmp_path / "s.sqlite3").exists()
