@@ -167,7 +167,7 @@ class SegOpsClient:
             request_timeout=timeout,
         )
         self._flush_interval = flush_interval
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.RLock()
         self._closed = False
         self._unflushed = 0
         self._background = background
@@ -489,9 +489,9 @@ class SegOpsClient:
 
     def _after_fork_in_child(self) -> None:
         """Fresh locks and HTTP pool; the parent's threads do not exist here."""
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.RLock()
         self._forked = True
-        self._counters.lock = threading.Lock()
+        self._counters.lock = threading.RLock()
         self._http.after_fork()
         if self._session is not None:
             self._session.after_fork()

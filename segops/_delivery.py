@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import spool
 
@@ -60,7 +60,8 @@ class Counters:
     dead_lettered: int = 0
     skipped: int = 0
     last_error: Optional[str] = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Reentrant: a signal handler may call stats()/shutdown() on a thread inside add().
+    lock: Any = field(default_factory=threading.RLock, repr=False)
 
     def add(self, **amounts: int) -> None:
         with self.lock:

@@ -281,7 +281,10 @@ class Spool:
 
     def _reset_process_state(self) -> None:
         """Per-process state: fresh locks, no connections, no thread (init and after fork)."""
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that runs on a thread inside append() (where nearly
+        # all of a tracking loop's time goes) may call into this Spool, e.g. shutdown().
+        # A plain Lock deadlocks the process there; see _write for the one unsafe case.
+        self._lock = threading.RLock()
         self._ckpt_lock = threading.Lock()
         self._conn = None
         self._cursor = None
@@ -881,6 +884,7 @@ class Spool:
         """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT on the writer connection."""
         with self._lock:
             conn = self._activate_if_needed()
+            _refuse_nesting(conn, self._path, op)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -898,6 +902,7 @@ class Spool:
         """Run ``fn`` in one short read transaction (a consistent snapshot)."""
         with self._lock:
             conn = self._activate_if_needed()
+            _refuse_nesting(conn, self._path, op)
             try:
                 conn.execute("BEGIN")
                 try:
@@ -1014,3 +1019,13 @@ def _checkpoint_loop(
         except Exception as exc:  # keep the thread alive: the next tick may well succeed
             log.debug("spool checkpoint failed: %s", exc)
         del spool
+
+
+def _refuse_nesting(conn: sqlite3.Connection, path: Path, op: str) -> None:
+    """Raise if this thread is inside a transaction of this Spool already (a signal handler
+    interrupted it): nesting would commit or roll back the outer one half-way."""
+    if conn.in_transaction:
+        raise SpoolError(
+            f"spool {path}: {op} called while this thread is inside another spool operation"
+            " (from a signal handler?); try again once that operation has returned"
+        )

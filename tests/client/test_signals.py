@@ -1,0 +1,76 @@
+"""A signal handler that calls into the client while the main thread is inside track()
+(where a tracking loop spends nearly all its time) must not deadlock the process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _support import REPO_ROOT, child_env, write_script
+from segops.devserver import DevServer
+
+import spool
+
+HANDLER_CHILD = """\
+    import os, signal, sys
+    import segops
+
+    url, path, call = sys.argv[1], sys.argv[2], sys.argv[3]
+    client = segops.SegOpsClient(url, "sk_dev_secret", spool_path=path)
+    tracked = 0
+
+    def on_term(signum, frame):
+        try:
+            if call == "shutdown":
+                client.shutdown(timeout=2)
+            elif call == "flush":
+                client.flush(timeout=2)
+            else:
+                client.stats()
+        except segops.SegOpsError as exc:
+            print("handler:", type(exc).__name__, flush=True)
+        print("tracked", tracked, flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    print("ready", flush=True)
+    while True:
+        client.track(user_id="u", event_type="e", payload={"i": tracked})
+        tracked += 1
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("call", ["shutdown", "flush", "stats"])
+def test_signal_handler_calling_the_client_mid_track_returns(
+    server: DevServer, tmp_path: Path, spool_file: Path, call: str
+) -> None:
+    """SIGTERM during a tracking loop: a handler calling shutdown/flush/stats finishes in
+    about its timeout, and every event track() acknowledged is delivered or still spooled."""
+    script = write_script(tmp_path, "handler.py", HANDLER_CHILD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), server.url, str(spool_file), call],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=str(REPO_ROOT),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=8)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    tracked = int(out.split("tracked")[-1].split()[0])
+    with spool.Spool(spool_file) as s:
+        left = s.pending_through(s.last_id())
+    assert tracked > 0 and len(server.events()) + left >= tracked
