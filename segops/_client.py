@@ -14,7 +14,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Type, TypeVar, Union, cast
 
 import httpx
 
@@ -57,6 +57,10 @@ ATEXIT_TIMEOUT = 2.0
 _SINGLE_ATTEMPT = RetryPolicy(attempts=1, timeout=DEFAULT_TIMEOUT)
 #: ``batch=False``: at most this many never-tried events are sent inline by one track().
 _INLINE_SENDS = 20
+#: A call bounded by a deadline may run this much past it before it is abandoned: the
+#: normal paths (retry budget, request timeouts) end it on their own just before.
+_OVERRUN_GRACE = 0.25
+T = TypeVar("T")
 
 ErrorHandler = Callable[[BaseException], None]
 
@@ -84,17 +88,27 @@ def _log_error(exc: BaseException) -> None:
     logger.warning("segops: %s", exc)
 
 
+class _Overran(Exception):
+    """A call run by ``SegOpsClient._within`` was still going at its deadline."""
+
+
 class _ErrorReporter:
     """Hands a background failure to ``on_error``; a failing handler is only logged."""
 
-    __slots__ = ("_counters", "_on_error")
+    __slots__ = ("_counters", "_inside", "_on_error")
 
     def __init__(self, counters: Counters, on_error: ErrorHandler) -> None:
         self._counters = counters
         self._on_error = on_error
+        self._inside = threading.local()
+
+    def reporting_here(self) -> bool:
+        """True while this thread runs ``on_error``."""
+        return getattr(self._inside, "active", False)
 
     def __call__(self, exc: SegOpsError) -> None:
         self._counters.last_error = str(exc)
+        self._inside.active = True
         try:
             self._on_error(exc)
         except Exception:
@@ -105,6 +119,8 @@ class _ErrorReporter:
             if threading.current_thread() is threading.main_thread():
                 raise
             logger.exception("segops: the on_error handler raised")
+        finally:
+            self._inside.active = False
 
 
 class SegOpsClient:
@@ -356,7 +372,15 @@ class SegOpsClient:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        self.shutdown()
+        if exc_type is None:
+            self.shutdown()
+            return
+        # Leaving on the application's own exception: that one must reach the caller, not
+        # a delivery failure of the final flush (whose events stay spooled anyway).
+        try:
+            self.shutdown()
+        except SegOpsError as failure:
+            logger.warning("segops: final flush failed while leaving on an exception: %s", failure)
 
     def __del__(self) -> None:
         # Dropped without shutdown(): the flusher delivers what is pending once (best
@@ -387,7 +411,10 @@ class SegOpsClient:
         except spool.SpoolError as exc:
             raise translate_spool_error(exc) from exc
         if not self._batch:
-            self._send_now()
+            # A track() inside on_error (batch=False reports on the caller's thread) only
+            # spools: sending would fail again, report again and recurse.
+            if not self._report.reporting_here():
+                self._send_now()
             return
         self._unflushed += 1  # only schedules a wake-up: an occasional lost update is harmless
         if self._unflushed >= self._batch_size:
@@ -408,7 +435,8 @@ class SegOpsClient:
     def _send_now(self) -> None:
         """``batch=False``: one inline attempt; what fails stays spooled for the flusher."""
         deadline = time.monotonic() + self._timeout
-        try:
+
+        def send_fresh() -> None:
             # fresh_only: the event just tracked, after any older one no call has tried yet
             # (e.g. tracked while the server's Retry-After held sends back), oldest first;
             # an earlier failure is the flusher's to retry. Bounded: a backlog larger than
@@ -423,15 +451,55 @@ class SegOpsClient:
                 )
                 if sent == 0 or time.monotonic() >= deadline:
                     return
+
+        try:
+            self._within(deadline, send_fresh)
+        except _Overran:
+            self._report(
+                DeliveryError(f"no answer within {self._timeout:g}s; the event stays spooled")
+            )
         except SegOpsError as exc:
             self._report(exc)
+
+    def _within(self, deadline: Optional[float], fn: Callable[[], T]) -> T:
+        """``fn()``, or :class:`_Overran` shortly after ``deadline``.
+
+        With a deadline, ``fn`` runs on a daemon thread: a server that trickles its answer
+        a byte at a time (every read within the request timeout) or a ``get_user()`` that
+        never returns must not hold the caller, or the exit flush, past it. An abandoned
+        call ends in the background; its batch stays leased meanwhile. Inline when this
+        thread is inside the spool already (a signal handler): the worker would wait for it.
+        """
+        if deadline is None or self._spool.in_use_by_this_thread():
+            return fn()
+        outcome: List[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, fn()))
+            except BaseException as exc:
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=run, name="segops-send", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()) + _OVERRUN_GRACE)
+        if not outcome:
+            raise _Overran
+        ok, value = outcome[0]
+        if ok:
+            return cast(T, value)
+        raise value
 
     def _drain_through(self, target: int, deadline: Optional[float]) -> None:
         while self._spool.pending_through(target) > 0:
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._flush_timeout(target)
             try:
-                sent = self._delivery.deliver_next(deadline=deadline)
+                sent = self._within(
+                    deadline, lambda: self._delivery.deliver_next(deadline=deadline)
+                )
+            except _Overran:
+                raise self._flush_timeout(target) from None
             except DeliveryError as exc:
                 # A retry cycle our deadline cut short is a timeout, not a refusal (which
                 # keeps its own type: AuthError, EventsSkipped, ...).
@@ -502,6 +570,8 @@ class SegOpsClient:
             self.shutdown(timeout=max(0.1, deadline - time.monotonic()))
         except SegOpsError as exc:
             logger.warning("segops: events left in the spool at exit (%s)", exc)
+        except Exception:  # a bug must not cost the other clients their exit flush
+            logger.exception("segops: exit flush failed; events stay in the spool")
 
 
 def _check_settings(

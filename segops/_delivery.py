@@ -176,6 +176,9 @@ class Delivery:
         policy: RetryPolicy,
     ) -> None:
         todo: List[spool.Batch] = [batch]
+        # Reported once every part is acked or released: an on_error that calls flush()
+        # must not wait for batches this very call still holds.
+        reports: List[SegOpsError] = []
         try:
             first = True
             while todo:
@@ -191,9 +194,9 @@ class Delivery:
                 try:
                     reply = self._send(current, token, deadline, cancel, policy)
                 except _Rejected as exc:
-                    todo[:1] = self._handle_rejected(current, exc)
+                    todo[:1] = self._handle_rejected(current, exc, reports)
                     continue
-                self._acknowledge(current, reply)
+                self._acknowledge(current, reply, reports)
                 todo.pop(0)
         except spool.SpoolError as exc:
             self._release_all(todo)
@@ -201,6 +204,9 @@ class Delivery:
         except BaseException:
             self._release_all(todo)
             raise
+        finally:
+            for report in reports:
+                self._report(report)
 
     def _token_for(self, batch: spool.Batch) -> object:
         """``None`` (current identity), a retiring :class:`Token`, or ``"split"``."""
@@ -217,14 +223,16 @@ class Delivery:
             return "split"
         return None
 
-    def _handle_rejected(self, batch: spool.Batch, exc: _Rejected) -> List[spool.Batch]:
+    def _handle_rejected(
+        self, batch: spool.Batch, exc: _Rejected, reports: List[SegOpsError]
+    ) -> List[spool.Batch]:
         if len(batch.records) > 1:
             return list(self._spool.split(batch))
         reason = f"HTTP {exc.reply.status}: {exc.reply.detail()}"
         self._spool.dead_letter(batch.records, reason)
         self._spool.ack(batch)  # drops the now-empty batch instead of leaving it to expire
         self._counters.add(dead_lettered=1)
-        self._report(
+        reports.append(
             EventRejected(
                 f"the server rejected an event; moved to dead letters ({reason})",
                 status=exc.reply.status,
@@ -233,14 +241,14 @@ class Delivery:
         )
         return []
 
-    def _acknowledge(self, batch: spool.Batch, reply: Reply) -> None:
+    def _acknowledge(self, batch: spool.Batch, reply: Reply, reports: List[SegOpsError]) -> None:
         self._spool.ack(batch)
         self._counters.add(delivered=len(batch.records))
         data = reply.json()
         skipped = data.get("skipped") if isinstance(data, dict) else None
         if isinstance(skipped, int) and skipped > 0:
             self._counters.add(skipped=skipped)
-            self._report(
+            reports.append(
                 EventsSkipped(
                     f"the server skipped {skipped} of {len(batch.records)} events as invalid",
                     skipped=skipped,

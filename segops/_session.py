@@ -126,9 +126,18 @@ class Session:
         )
 
     def _identity(self) -> Dict[str, Any]:
-        user = self._get_user()
+        # The user's callback: whatever it raises reaches flush()/on_error as one of ours.
+        try:
+            user = self._get_user()
+        except Exception as exc:
+            raise DeliveryError(
+                f"get_user() raised {type(exc).__name__}: {exc}; events stay spooled"
+            ) from exc
         if not isinstance(user, UserContext):
-            raise TypeError(f"get_user() must return a UserContext, not {type(user).__name__}")
+            raise DeliveryError(
+                f"get_user() must return a segops.UserContext, not {type(user).__name__};"
+                " events stay spooled"
+            )
         body: Dict[str, Any] = {}
         for name in ("user_id", "anonymous_id", "user_id_sig"):
             value = getattr(user, name)

@@ -484,6 +484,12 @@ class Spool:
                 return row
         return None
 
+    def in_use_by_this_thread(self) -> bool:
+        """True while the calling thread is inside an operation of this Spool: a signal
+        handler that interrupted one (and must not wait for another thread to get in)."""
+        is_owned = getattr(self._lock, "_is_owned", None)  # RLock's, as Condition uses it
+        return bool(is_owned()) if is_owned is not None else False
+
     def _holder_gone(self, owner: str) -> bool:
         """True when ``owner`` is a process of this machine that surely exited."""
         pid = None if self._host is None else _owner_pid(owner, self._host)

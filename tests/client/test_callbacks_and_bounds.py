@@ -1,0 +1,199 @@
+"""Deadlines hold whatever the server or the user's callbacks do, and the user's callbacks
+(get_user, on_error) cannot wedge, recurse into or escape from the client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+import segops
+from _support import PK, ErrorLog, exit_after_tracking, payload_ids, write_script
+from segops.devserver import DevServer
+
+MakeClient = Callable[..., segops.SegOpsClient]
+
+
+@pytest.fixture
+def trickler() -> Iterator[str]:
+    """A URL whose server answers every request one byte per 0.5 s (each read in time)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            body = b'{"queued": 1, "skipped": 0}'
+            reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            for i in range(len(reply)):
+                if stop.wait(0.5):
+                    return
+                conn.sendall(reply[i : i + 1])
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("call", ["flush", "shutdown"])
+def test_a_trickling_answer_cannot_stretch_flush_or_shutdown(
+    make_client: MakeClient, trickler: str, call: str
+) -> None:
+    """A server dribbling its answer (every read within the timeout) gets the caller's
+    timeout, not minutes: FlushTimeout shortly after it, the event kept."""
+    client = make_client(trickler)
+    client.track(user_id="u", event_type="e")
+    started = time.monotonic()
+    with pytest.raises(segops.FlushTimeout):
+        getattr(client, call)(timeout=1.0)
+    assert time.monotonic() - started < 2.0
+
+
+TRICKLED_AND_FORGOTTEN = """\
+    import sys
+    import segops
+
+    client = segops.SegOpsClient(sys.argv[1], "sk_dev_secret", spool_path=sys.argv[2])
+    client.track(user_id="u", event_type="forgotten")
+    print("tracked", flush=True)
+"""
+
+
+def test_a_trickling_answer_cannot_hold_the_exit(
+    trickler: str, tmp_path: Path, spool_file: Path
+) -> None:
+    """A script that forgets shutdown() exits within the exit flush's 2 s even then."""
+    script = write_script(tmp_path, "forgot.py", TRICKLED_AND_FORGOTTEN)
+    elapsed, code, stderr = exit_after_tracking(script, trickler, str(spool_file))
+    assert code == 0, stderr
+    assert elapsed < 3.5, f"exit took {elapsed:.1f}s"
+
+
+def test_slow_get_user_cannot_stretch_flush(server: DevServer, make_client: MakeClient) -> None:
+    """A get_user() that takes 10 s is cut off by flush(timeout=1), not waited for."""
+
+    def get_user() -> segops.UserContext:
+        time.sleep(10)
+        return segops.UserContext(user_id="alice")
+
+    client = make_client(key=PK, get_user=get_user)
+    client.track(user_id="u", event_type="e")
+    started = time.monotonic()
+    with pytest.raises(segops.FlushTimeout):
+        client.flush(timeout=1.0)
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("kind", ["raises", "wrong_type"])
+def test_get_user_failures_reach_the_caller_as_delivery_errors(
+    server: DevServer, make_client: MakeClient, kind: str
+) -> None:
+    """A get_user() that raises, or returns no UserContext, is a DeliveryError naming it."""
+
+    def get_user() -> segops.UserContext:
+        if kind == "raises":
+            raise RuntimeError("no request context")
+        return {"user_id": "alice"}  # type: ignore[return-value]
+
+    client = make_client(key=PK, get_user=get_user)
+    client.track(user_id="u", event_type="e")
+    with pytest.raises(segops.DeliveryError, match=r"get_user\(\)"):
+        client.flush(timeout=5)
+    assert client.stats().pending == 1
+
+
+TWO_CLIENTS_ONE_BROKEN = """\
+    import sys
+    import segops
+
+    def get_user():
+        raise RuntimeError("no request context")
+
+    url, broken_path, healthy_path = sys.argv[1:4]
+    # Both forgotten; the broken one's exit flush must not cost the healthy one its own.
+    clients = [
+        segops.SegOpsClient(url, "pk_dev_public", get_user=get_user, spool_path=broken_path),
+        segops.SegOpsClient(url, "sk_dev_secret", spool_path=healthy_path),
+    ]
+    for client in clients:
+        for i in range(5):
+            client.track(user_id="u", event_type="e", payload={"i": i})
+    print("tracked", flush=True)
+"""
+
+
+def test_a_failing_get_user_does_not_stop_other_clients_exit_flush(
+    server: DevServer, tmp_path: Path
+) -> None:
+    """At exit, every forgotten client is flushed, whatever another one's get_user does."""
+    script = write_script(tmp_path, "two.py", TWO_CLIENTS_ONE_BROKEN)
+    broken, healthy = tmp_path / "broken.sqlite3", tmp_path / "healthy.sqlite3"
+    _, code, stderr = exit_after_tracking(script, server.url, str(broken), str(healthy))
+    assert code == 0, stderr
+    assert "Exception ignored" not in stderr
+    assert sorted(payload_ids(server)) == [0, 1, 2, 3, 4]
+
+
+def test_context_manager_lets_the_applications_exception_through(tmp_path: Path) -> None:
+    """Leaving a with-block on an exception raises that exception, not the final flush's."""
+    dead = "http://127.0.0.1:9"
+    with (
+        pytest.raises(KeyError, match="the application's"),
+        segops.SegOpsClient(
+            dead, "sk_x", spool_path=tmp_path / "s.sqlite3", flush_interval=60
+        ) as client,
+    ):
+        client.track(user_id="u", event_type="e")
+        raise KeyError("the application's")
+
+
+def test_flush_from_on_error_after_a_rejection_returns_promptly(
+    server: DevServer, make_client: MakeClient
+) -> None:
+    """on_error runs after the batch's parts are acked: a flush() inside it does not wait
+    for batches its own delivery still holds."""
+    server.reject_when = lambda ev: "poison" if ev.get("payload", {}).get("i") == 0 else None
+    took: List[float] = []
+
+    def on_error(exc: BaseException) -> None:
+        started = time.monotonic()
+        client.flush(timeout=5)
+        took.append(time.monotonic() - started)
+
+    client = make_client(on_error=on_error)
+    for i in range(10):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    client.flush(timeout=10)
+    assert took and max(took) < 1.0
+    assert sorted(payload_ids(server)) == list(range(1, 10))
+
+
+def test_track_inside_on_error_with_batch_false_does_not_recurse(
+    make_client: MakeClient, errors: ErrorLog
+) -> None:
+    """batch=False reports on the caller's thread; a handler that tracks only spools."""
+
+    def on_error(exc: BaseException) -> None:
+        errors(exc)
+        client.track(user_id="sdk", event_type="sdk_error")
+
+    client = make_client("http://127.0.0.1:9", batch=False, on_error=on_error)
+    client.track(user_id="u", event_type="e")
+    assert len(errors.items) == 1
+    assert client.stats().pending == 2
