@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 import time
@@ -198,6 +199,7 @@ class SegOpsClient:
             )
         if background:
             self._flusher.start()
+        _ensure_reaper()
         # Set in a forked child until it starts its own flusher. A flag, not a pid check:
         # os.getpid() is a system call, and a system call on every track() makes the
         # following SQLite commit measurably slower (the kernel entry evicts CPU state).
@@ -281,7 +283,7 @@ class SegOpsClient:
         """
         self._ensure_open()
         self._ensure_flusher()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         try:
             target = self._spool.last_id()
             self._drain_through(target, deadline)
@@ -294,15 +296,15 @@ class SegOpsClient:
         Whatever is not delivered stays on disk for the next client on this spool or
         ``segops replay``. Calling it again does nothing.
         """
+        deadline = _deadline(timeout)  # a bad timeout raises before anything changes
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True
         _LIVE_CLIENTS.discard(self)
-        deadline = None if timeout is None else time.monotonic() + timeout
         # A short grace even for timeout=0: an idle flusher exits at once, and only a
         # stopped flusher lets us close the spool and the HTTP pool.
-        grace = 1.0 if timeout is None else min(1.0, max(0.1, timeout))
+        grace = 1.0 if deadline is None else min(1.0, max(0.1, deadline - time.monotonic()))
         stopped = self._flusher.stop(timeout=grace)
         try:
             self._drain_through(self._spool.last_id(), deadline)
@@ -390,7 +392,9 @@ class SegOpsClient:
             return
         self._closed = True
         with contextlib.suppress(Exception):
-            self._retire()
+            # Queued, never done here: a finalizer may run inside the garbage collector on
+            # any thread, even one holding the very locks closing the spool takes.
+            _RELEASES.put(_retire_job(self._flusher, self._spool, self._http))
 
     def __repr__(self) -> str:
         return (
@@ -516,19 +520,6 @@ class SegOpsClient:
         message = f"{pending} event(s) still pending; they stay in the spool"
         return FlushTimeout(message if cause is None else f"{message} ({cause})", pending=pending)
 
-    def _retire(self) -> None:
-        # A flusher never started (background=False, or a forked child's inherited one)
-        # releases at once.
-        flusher, spool_, http = self._flusher, self._spool, self._http
-        _RETIRING.add(flusher)
-
-        def release() -> None:
-            _RETIRING.discard(flusher)
-            http.close()
-            spool_.close()
-
-        flusher.retire(release)
-
     def _ensure_open(self) -> None:
         if self._closed:
             raise ClientClosed("this SegOpsClient was shut down; create a new one")
@@ -554,6 +545,7 @@ class SegOpsClient:
                 if self._background:
                     self._flusher.start()
                 self._forked = False
+        _ensure_reaper()
 
     def _after_fork_in_child(self) -> None:
         """Fresh locks and HTTP pool; the parent's threads do not exist here."""
@@ -574,6 +566,16 @@ class SegOpsClient:
             logger.exception("segops: exit flush failed; events stay in the spool")
 
 
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """The monotonic deadline of a ``timeout`` in seconds: None (and infinity) wait for
+    good, a negative one is spent already; NaN is refused rather than never expiring."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+        raise ConfigurationError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    return time.monotonic() + max(0.0, timeout)
+
+
 def _check_settings(
     api_url: Any,
     api_key: Any,
@@ -592,7 +594,7 @@ def _check_settings(
         url = httpx.URL(api_url)
         valid = bool(url.host) and (url.port is None or 0 < url.port < 65536)
         has_userinfo = bool(url.userinfo)
-        has_extras = bool(url.query or url.fragment)
+        has_extras = "?" in api_url or "#" in api_url  # even an empty ?query or #fragment
     except (httpx.InvalidURL, ValueError, TypeError):
         valid = has_userinfo = has_extras = False
     if not valid or any(c.isspace() for c in api_url):
@@ -637,10 +639,65 @@ def _open_spool(path: Path, durability: str, max_bytes: Optional[int]) -> spool.
 _LIVE_CLIENTS: weakref.WeakSet[SegOpsClient] = weakref.WeakSet()
 #: Flushers of dropped clients, making their last delivery pass; the exit flush waits.
 _RETIRING: set[Flusher] = set()
+#: Releases of dropped clients, queued by __del__ (SimpleQueue.put is safe in finalizers)
+#: and run by the reaper thread, or by the exit flush.
+_RELEASES: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+_reaper: Optional[threading.Thread] = None
+_reaper_lock = threading.Lock()
+
+
+def _retire_job(flusher: Flusher, spool_: spool.Spool, http: HttpSender) -> Callable[[], None]:
+    """Hand a dropped client's flusher its last pass; spool and HTTP pool close after it.
+    A flusher never started (background=False, a forked child's inherited one) releases
+    at once."""
+
+    def release() -> None:
+        _RETIRING.discard(flusher)
+        http.close()
+        spool_.close()
+
+    def retire() -> None:
+        _RETIRING.add(flusher)
+        flusher.retire(release)
+
+    return retire
+
+
+def _ensure_reaper() -> None:
+    global _reaper
+    if _reaper is not None and _reaper.is_alive():
+        return
+    with _reaper_lock:
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reap, name="segops-reaper", daemon=True)
+            _reaper.start()
+
+
+def _reap() -> None:
+    while True:
+        _run_release(_RELEASES.get())
+
+
+def _run_release(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:
+        logger.exception("segops: releasing a dropped client failed")
+
+
+def _run_queued_releases() -> None:
+    while True:
+        try:
+            job = _RELEASES.get_nowait()
+        except queue.Empty:
+            return
+        _run_release(job)
 
 
 def _after_fork_in_child() -> None:
+    global _RELEASES, _reaper
     _RETIRING.clear()  # their threads, and the spool connections, stayed in the parent
+    _RELEASES, _reaper = queue.SimpleQueue(), None  # the parent's queued releases are its own
     for client in list(_LIVE_CLIENTS):
         client._after_fork_in_child()
 
@@ -656,6 +713,7 @@ def _flush_at_exit() -> None:
             return
         if not client._forked:  # an inherited client this child never used stays silent
             client._exit_flush(deadline)
+    _run_queued_releases()  # clients dropped just before exit: their last pass starts now
     for flusher in list(_RETIRING):
         flusher.join(deadline - time.monotonic())
 

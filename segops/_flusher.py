@@ -41,6 +41,7 @@ class Flusher:
         self._thread: Optional[threading.Thread] = None
         # Set by retire(): deliver what is pending once, then release and end.
         self._retiring = False
+        self._backing_off = False  # waiting out a failure: retire() ends that wait at once
         self._release: Optional[Callable[[], None]] = None
 
     def start(self) -> None:
@@ -65,22 +66,33 @@ class Flusher:
     def retire(self, release: Callable[[], None]) -> None:
         """The client is gone: deliver what is pending once, then call ``release`` and end.
 
-        Called from a finalizer, so it takes no lock the flusher thread might hold: the
-        garbage collector may run it on that very thread.
+        A flusher backing off after a failure ends at once: it just had its pass.
         """
         self._release = release
         self._retiring = True
         thread = self._thread
         if thread is None or not thread.is_alive():
             release()
-        elif thread is not threading.current_thread():
-            self._wake.set()
+            return
+        if self._backing_off:
+            self._stop.set()
+        self._wake.set()
 
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the thread to end (after stop or retire)."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, timeout))
+
+    def _back_off(self, seconds: float) -> None:
+        # The flag first, then the check: retire() reads them in the other order, so one
+        # of the two always sees the other's write and the wait cannot outlive a retire.
+        self._backing_off = True
+        try:
+            if not self._retiring:
+                self._stop.wait(seconds)
+        finally:
+            self._backing_off = False
 
     def _run(self) -> None:
         try:
@@ -108,7 +120,7 @@ class Flusher:
                 self._report(exc)
                 if self._retiring:
                     return  # best effort only: the rest stays spooled for the next client
-                self._stop.wait(_backoff(exc, failures))
+                self._back_off(_backoff(exc, failures))
                 continue
             except Exception as exc:  # a bug must not kill the flusher silently
                 failures += 1
@@ -116,7 +128,7 @@ class Flusher:
                 self._report(SegOpsError(f"unexpected error in the flusher: {exc!r}"))
                 if self._retiring:
                     return
-                self._stop.wait(_backoff(exc, failures))
+                self._back_off(_backoff(exc, failures))
                 continue
             if self._retiring:
                 return

@@ -70,9 +70,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             failed_at REAL NOT NULL
         )""",
     ),
-    ("ALTER TABLE batches ADD COLUMN tag TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# Nullable columns added since, without a version bump: releases that predate one ignore
+# it (they name their columns), so they can still open a spool a newer one has touched.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (("batches", "tag", "TEXT"),)
 
 
 def error_code(exc: BaseException) -> Optional[int]:
@@ -211,6 +213,7 @@ def coarse_lock(path: Path, timeout: float) -> Iterator[None]:
 def ensure_schema(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
     """Create or migrate the schema forward; the common case is one cheap pragma read."""
     if _user_version(conn) == SCHEMA_VERSION:
+        _add_missing_columns(conn, path, timeout)
         probe(conn)
         return
     with coarse_lock(path, timeout):
@@ -230,7 +233,32 @@ def ensure_schema(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    _add_missing_columns(conn, path, timeout)
     probe(conn)
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    present: dict[str, set[str]] = {}
+    for table, _, _ in ADDED_COLUMNS:
+        if table not in present:
+            present[table] = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+    return [added for added in ADDED_COLUMNS if added[1] not in present[added[0]]]
+
+
+def _add_missing_columns(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
+    """Add the ADDED_COLUMNS a spool lacks (one cheap pragma per open when none is missing)."""
+    if not _missing_columns(conn):
+        return
+    with coarse_lock(path, timeout):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, declaration in _missing_columns(conn):  # again, under the lock
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

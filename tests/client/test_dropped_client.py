@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Set
 
@@ -102,8 +103,8 @@ def test_dropped_client_closes_its_spool(
     client.track(user_id="u", event_type="e", payload={"i": 1})
     held = client._spool
     del client
-    wait_until(lambda: repr(held).endswith("closed>"), timeout=10)
-    assert not Path(f"{spool_file}-wal").exists(), "a connection is still open"
+    wal = Path(f"{spool_file}-wal")  # removed when the last connection closes
+    wait_until(lambda: repr(held).endswith("closed>") and not wal.exists(), timeout=10)
 
 
 ONE_LINER = """\
@@ -128,3 +129,37 @@ def test_script_dropping_clients_delivers_before_exit(
     done = run_script(script, server.url, str(spool_file))
     assert done.returncode == 0, done.stderr
     assert sorted(payload_ids(server)) == [0, 1, 2]
+
+
+@pytest.mark.timeout(15)
+def test_release_never_runs_inside_the_finalizer(spool_file: Path) -> None:
+    """A dropped client collected by the cycle GC on a thread holding spool locks (here:
+    the checkpoint lock) is released later, elsewhere: no self-deadlock."""
+    client = segops.SegOpsClient("http://127.0.0.1:9", SK, spool_path=spool_file, background=False)
+    client.track(user_id="u", event_type="e")
+    client.cycle = client  # type: ignore[attr-defined]  # only the cycle GC frees it
+    held = client._spool
+    del client
+    started = time.monotonic()
+    with held._ckpt_lock:  # as the checkpoint thread holds it mid-pass
+        gc.collect()
+    # (A deadlock inside the finalizer ends only when pytest-timeout interrupts it.)
+    assert time.monotonic() - started < 5
+    wait_until(lambda: repr(held).endswith("closed>"), timeout=10)
+
+
+def test_client_dropped_during_a_long_backoff_is_released_at_once(
+    server: DevServer, spool_file: Path, no_cycle_collector: None
+) -> None:
+    """A dropped client whose flusher waits out an auth failure (5 s and more) ends now."""
+    errors = ErrorLog()
+    threads_before = segops_threads()
+    client = segops.SegOpsClient(
+        server.url, "sk_wrong_key", spool_path=spool_file, on_error=errors, retry_policy=FAST
+    )
+    client.track(user_id="u", event_type="e")
+    client._flusher.wake()
+    wait_until(lambda: errors.of(segops.AuthError), timeout=5)
+    time.sleep(0.1)  # into the backoff
+    del client
+    wait_until(lambda: segops_threads() == threads_before, timeout=2)

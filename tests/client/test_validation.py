@@ -389,3 +389,21 @@ def test_bad_settings_are_refused_at_construction(tmp_path: Path, setting: Dict[
             "http://127.0.0.1:9", "sk_x", spool_path=tmp_path / "s.sqlite3", **setting
         )
     assert not (tmp_path / "s.sqlite3").exists()
+
+
+@pytest.mark.parametrize("call", ["flush", "shutdown"])
+def test_nan_timeout_of_flush_and_shutdown_is_refused(make_client: MakeClient, call: str) -> None:
+    """flush/shutdown(timeout=nan) raise at once instead of never timing out."""
+    client = make_client()
+    with pytest.raises(segops.ConfigurationError, match="timeout"):
+        getattr(client, call)(timeout=float("nan"))
+    client.track(user_id="u", event_type="still open")  # shutdown did not begin
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/?", "http://127.0.0.1:9?", "http://127.0.0.1:9/#"]
+)
+def test_api_url_with_an_empty_query_or_fragment_is_refused(tmp_path: Path, url: str) -> None:
+    """Even an empty ?query or #fragment would end up in the middle of every request URL."""
+    with pytest.raises(segops.ConfigurationError, match="base URL"):
+        segops.SegOpsClient(url, "sk_x", spool_path=tmp_path / "s.sqlite3")

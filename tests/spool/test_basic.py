@@ -405,8 +405,9 @@ def test_tag_comes_back_with_every_later_claim_of_the_batch(sp: Spool) -> None:
     assert untagged is not None and untagged.tag is None
 
 
-def test_a_spool_of_schema_v1_is_migrated_and_keeps_its_batches(db_path: Path) -> None:
-    """A file made before batches had tags opens, and its leased batch comes back untagged."""
+def test_a_spool_without_tags_gets_the_column_and_stays_v1(db_path: Path) -> None:
+    """A file made before batches had tags opens, its batch comes back untagged, and it
+    stays schema v1, so releases that predate tags can still open it."""
     import sqlite3
 
     from spool import _storage
@@ -425,6 +426,9 @@ def test_a_spool_of_schema_v1_is_migrated_and_keeps_its_batches(db_path: Path) -
     with Spool(db_path) as sp:
         batch = sp.claim(10)
         assert batch is not None and (batch.key, batch.ids, batch.tag) == ("old-key", (1, 2), None)
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert "tag" in {row[1] for row in db.execute("PRAGMA table_info(batches)")}
 
 
 def test_tilde_means_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
