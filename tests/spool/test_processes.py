@@ -357,4 +357,6 @@ def test_wal_stays_bounded_with_several_appending_processes(db_path: Path) -> No
     with Spool(db_path) as sp:
         appended = sp.stats().pending
     assert appended > 10_000, "too few appends to say anything about the WAL"
-    assert peak < 64 * 1024 * 1024, f"WAL peaked at {peak / 1e6:.0f} MB"
+    # ~30 MB here when the machine is quiet; 71 MB was seen once with both cores busy.
+    # What this guards against is the unbounded growth (past 250 MB in 6 s) of before.
+    assert peak < 128 * 1024 * 1024, f"WAL peaked at {peak / 1e6:.0f} MB"
