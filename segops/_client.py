@@ -189,6 +189,11 @@ class SegOpsClient:
         self._unflushed = 0
         self._background = background
         self._final_stats: Optional[ClientStats] = None
+        # Sends run by _within still going, the last one it gave up waiting for, and
+        # whether shutdown() left the spool and HTTP pool for the last of them to close.
+        self._sends = 0
+        self._straggler: Optional[threading.Thread] = None
+        self._close_when_idle = False
         self._flusher = self._new_flusher()
         if self._spool.recovered_from is not None:
             self._report(
@@ -314,8 +319,10 @@ class SegOpsClient:
             with contextlib.suppress(SegOpsError):
                 self._final_stats = self._snapshot()
             if stopped:  # a flusher still inside a request keeps using both
-                self._http.close()
-                self._spool.close()
+                with self._state_lock:
+                    self._close_when_idle = self._sends > 0  # the last send closes them
+                if not self._close_when_idle:
+                    self._release_resources()
 
     def close(self, timeout: Optional[float] = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
         """Alias of :meth:`shutdown`."""
@@ -471,11 +478,18 @@ class SegOpsClient:
         With a deadline, ``fn`` runs on a daemon thread: a server that trickles its answer
         a byte at a time (every read within the request timeout) or a ``get_user()`` that
         never returns must not hold the caller, or the exit flush, past it. An abandoned
-        call ends in the background; its batch stays leased meanwhile. Inline when this
-        thread is inside the spool already (a signal handler): the worker would wait for it.
+        call ends in the background (acking or releasing its batch; shutdown() leaves the
+        spool open for it), and the next call waits for it first: at most one per caller.
+        Inline when this thread is inside the spool already (a signal handler): the worker
+        would wait for it.
         """
         if deadline is None or self._spool.in_use_by_this_thread():
             return fn()
+        straggler = self._straggler
+        if straggler is not None:
+            straggler.join(max(0.0, deadline - time.monotonic()))
+            if straggler.is_alive():
+                raise _Overran
         outcome: List[Any] = []
 
         def run() -> None:
@@ -483,16 +497,32 @@ class SegOpsClient:
                 outcome.append((True, fn()))
             except BaseException as exc:
                 outcome.append((False, exc))
+            finally:
+                self._send_ended()
 
         worker = threading.Thread(target=run, name="segops-send", daemon=True)
+        with self._state_lock:
+            self._sends += 1
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()) + _OVERRUN_GRACE)
         if not outcome:
+            self._straggler = worker
             raise _Overran
         ok, value = outcome[0]
         if ok:
             return cast(T, value)
         raise value
+
+    def _send_ended(self) -> None:
+        with self._state_lock:
+            self._sends -= 1
+            close = self._close_when_idle and self._sends == 0
+        if close:  # shutdown() left these open for this send
+            self._release_resources()
+
+    def _release_resources(self) -> None:
+        self._http.close()
+        self._spool.close()
 
     def _drain_through(self, target: int, deadline: Optional[float]) -> None:
         while self._spool.pending_through(target) > 0:
@@ -551,6 +581,7 @@ class SegOpsClient:
         """Fresh locks and HTTP pool; the parent's threads do not exist here."""
         self._state_lock = threading.RLock()
         self._forked = True
+        self._sends, self._straggler, self._close_when_idle = 0, None, False
         self._counters.lock = threading.RLock()
         self._http.after_fork()
         if self._session is not None:

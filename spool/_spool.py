@@ -281,15 +281,16 @@ class Spool:
 
     def _reset_process_state(self) -> None:
         """Per-process state: fresh locks, no connections, no thread (init and after fork)."""
-        # Reentrant: a signal handler that runs on a thread inside append() (where nearly
-        # all of a tracking loop's time goes) may call into this Spool, e.g. shutdown().
-        # A plain Lock deadlocks the process there; see _write for the one unsafe case.
+        # All reentrant: a signal handler that runs on a thread inside append() (where
+        # nearly all of a tracking loop's time goes, the WAL restart pass included) may
+        # call into this Spool, e.g. shutdown(). Plain Locks deadlock the process there;
+        # see _write for the one unsafe case.
         self._lock = threading.RLock()
-        self._ckpt_lock = threading.Lock()
+        self._ckpt_lock = threading.RLock()
         self._conn = None
         self._cursor = None
         self._ckpt_conn = None
-        self._read_lock = threading.Lock()
+        self._read_lock = threading.RLock()
         self._read_conn = None
         self._thread = None
         self._wake = threading.Event()
@@ -830,7 +831,13 @@ class Spool:
             self._thread = None
         self._stop.set()
         self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
+        # Not from a signal handler that interrupted this Spool: the checkpointer may be
+        # waiting for the very locks this thread holds.
+        if (
+            thread is not None
+            and thread is not threading.current_thread()
+            and not self.in_use_by_this_thread()
+        ):
             thread.join(timeout=max(5.0, self._busy_timeout))
         with self._lock, self._ckpt_lock, self._read_lock:  # the order _background_tick uses
             self._close_connections()

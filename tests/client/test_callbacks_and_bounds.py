@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 import segops
-from _support import PK, ErrorLog, exit_after_tracking, payload_ids, write_script
+from _support import PK, ErrorLog, exit_after_tracking, payload_ids, wait_until, write_script
 from segops.devserver import DevServer
 
 MakeClient = Callable[..., segops.SegOpsClient]
@@ -19,19 +20,20 @@ MakeClient = Callable[..., segops.SegOpsClient]
 
 @pytest.fixture
 def trickler() -> Iterator[str]:
-    """A URL whose server answers every request one byte per 0.5 s (each read in time)."""
+    """A URL whose server answers every request one byte per 50 ms, ~15 s in all: each
+    read arrives within any timeout the client uses, the whole answer within none."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     stop = threading.Event()
 
     def answer(conn: socket.socket) -> None:
-        with conn:
+        with conn, contextlib.suppress(OSError):  # the client may hang up first
             conn.recv(65536)
-            body = b'{"queued": 1, "skipped": 0}'
+            body = b'{"queued": 1, "skipped": 0}' + b" " * 200
             reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
             for i in range(len(reply)):
-                if stop.wait(0.5):
+                if stop.wait(0.05):
                     return
                 conn.sendall(reply[i : i + 1])
 
@@ -197,3 +199,41 @@ def test_track_inside_on_error_with_batch_false_does_not_recurse(
     client.track(user_id="u", event_type="e")
     assert len(errors.items) == 1
     assert client.stats().pending == 2
+
+
+def test_a_send_abandoned_by_shutdown_still_acks_its_batch(
+    server: DevServer, spool_file: Path, make_client: MakeClient
+) -> None:
+    """shutdown() that gives up on a slow send leaves the spool open for it: the send acks
+    when it ends, so the next client finds nothing leased and nothing to resend."""
+
+    def slow_user() -> segops.UserContext:
+        time.sleep(1.5)
+        return segops.UserContext(user_id="alice")
+
+    client = make_client(key=PK, get_user=slow_user)
+    for i in range(5):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    with pytest.raises(segops.FlushTimeout):
+        client.shutdown(timeout=0.3)
+    wait_until(lambda: len(server.events()) == 5, timeout=10)
+    successor = make_client()
+    wait_until(lambda: successor.stats().in_flight == 0, timeout=5)
+    assert successor.stats().pending == 0
+    successor.flush(timeout=5)
+    assert server.stats()["duplicates_dropped"] == 0
+
+
+def test_flushes_that_time_out_leave_at_most_one_send_behind(
+    make_client: MakeClient, trickler: str
+) -> None:
+    """Many flush(timeout) calls against a trickling server: the next call waits for the
+    send the last one abandoned instead of starting another (no pile of threads)."""
+    before = set(threading.enumerate())  # other tests' sends may still be ending
+    client = make_client(trickler)
+    for _ in range(10):
+        client.track(user_id="u", event_type="e")
+        with pytest.raises(segops.FlushTimeout):
+            client.flush(timeout=0.1)
+    sends = [t for t in set(threading.enumerate()) - before if t.name == "segops-send"]
+    assert len(sends) <= 1
