@@ -216,23 +216,16 @@ def ensure_schema(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
         _add_missing_columns(conn, path, timeout)
         probe(conn)
         return
-    with coarse_lock(path, timeout):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = _user_version(conn)
-            if version > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool {path} has schema v{version}, newer than supported v{SCHEMA_VERSION}"
-                )
-            for steps in MIGRATIONS[version:]:
-                for sql in steps:
-                    conn.execute(sql)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    with _schema_change(conn, path, timeout):
+        version = _user_version(conn)
+        if version > SCHEMA_VERSION:
+            raise SpoolError(
+                f"spool {path} has schema v{version}, newer than supported v{SCHEMA_VERSION}"
+            )
+        for steps in MIGRATIONS[version:]:
+            for sql in steps:
+                conn.execute(sql)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     _add_missing_columns(conn, path, timeout)
     probe(conn)
 
@@ -249,11 +242,18 @@ def _add_missing_columns(conn: sqlite3.Connection, path: Path, timeout: float) -
     """Add the ADDED_COLUMNS a spool lacks (one cheap pragma per open when none is missing)."""
     if not _missing_columns(conn):
         return
+    with _schema_change(conn, path, timeout):
+        for table, column, declaration in _missing_columns(conn):  # again, under the lock
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+@contextlib.contextmanager
+def _schema_change(conn: sqlite3.Connection, path: Path, timeout: float) -> Iterator[None]:
+    """One write transaction under the coarse file lock: committed, or rolled back."""
     with coarse_lock(path, timeout):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for table, column, declaration in _missing_columns(conn):  # again, under the lock
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            yield
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -89,10 +89,9 @@ def write_script(tmp_path: Path, name: str, source: str) -> Path:
     return path
 
 
-def exit_after_tracking(script: Path, *args: str) -> Tuple[float, int, str]:
-    """Run a child script that prints "tracked" and then just ends; returns the seconds its
-    exit took after that line, its exit code and its stderr (killed after 20 s)."""
-    proc = subprocess.Popen(
+def start_script(script: Path, *args: str) -> subprocess.Popen[str]:
+    """Start a child script with this interpreter and checkout, stdout/stderr piped."""
+    return subprocess.Popen(
         [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -100,6 +99,12 @@ def exit_after_tracking(script: Path, *args: str) -> Tuple[float, int, str]:
         env=child_env(),
         cwd=str(REPO_ROOT),
     )
+
+
+def exit_after_tracking(script: Path, *args: str) -> Tuple[float, int, str]:
+    """Run a child script that prints "tracked" and then just ends; returns the seconds its
+    exit took after that line, its exit code and its stderr (killed after 20 s)."""
+    proc = start_script(script, *args)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "tracked"

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from _support import REPO_ROOT, child_env, write_script
+from _support import start_script, write_script
 from segops.devserver import DevServer
 
 import spool
@@ -52,19 +51,12 @@ def test_signal_handler_calling_the_client_mid_track_returns(
     """SIGTERM during a tracking loop: a handler calling shutdown/flush/stats finishes in
     about its timeout, and every event track() acknowledged is delivered or still spooled."""
     script = write_script(tmp_path, "handler.py", HANDLER_CHILD)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), server.url, str(spool_file), call],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=str(REPO_ROOT),
-    )
+    proc = start_script(script, server.url, str(spool_file), call)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=8)
+        out, err = proc.communicate(timeout=15)  # the handler needs ~2 s; slack for a busy machine
     finally:
         if proc.poll() is None:
             proc.kill()
