@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import Callable, Optional
 
+from spool._sync import ReentrantEvent  # one distribution: the signal-safe Event lives there
+
 from ._delivery import Delivery
 from ._errors import AuthError, DeliveryError, SegOpsError
 from ._retry import RETRY_AFTER_CAP, backoff_delay
@@ -36,8 +38,10 @@ class Flusher:
         self._min_age = min_age
         self._interval = interval
         self._report = report
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        # Reentrant: a signal handler's shutdown() may stop the flusher while the main
+        # thread is inside wake().
+        self._wake = ReentrantEvent()
+        self._stop = ReentrantEvent()
         self._thread: Optional[threading.Thread] = None
         # Set by retire(): deliver what is pending once, then release and end.
         self._retiring = False

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union, 
 
 from . import _fork, _storage
 from ._errors import SpoolError, SpoolFull
+from ._sync import ReentrantEvent
 from ._types import Batch, DeadLetter, Record, Stats, Status
 
 log = logging.getLogger("spool")
@@ -293,9 +294,9 @@ class Spool:
         self._read_lock = threading.RLock()
         self._read_conn = None
         self._thread = None
-        self._wake = threading.Event()
+        self._wake = ReentrantEvent()
         self._restart_wanted = False  # set by the checkpointer: the next append restarts the WAL
-        self._stop = threading.Event()
+        self._stop = ReentrantEvent()
         # Owner tokens start with this, so dead_letter() can tell "leased by me", and name
         # this process, so that claimers can tell when it is gone (see _host_id).
         self._host = _host_id()

@@ -438,3 +438,22 @@ def test_tilde_means_the_home_directory(tmp_path: Path, monkeypatch: pytest.Monk
     with Spool("~/app/events.db") as sp:
         assert sp.path == tmp_path / "home" / "app" / "events.db"
     assert not (tmp_path / "~").exists()
+
+
+def test_reentrant_event_can_be_set_by_the_thread_holding_its_lock() -> None:
+    """A signal handler may set() the event its thread was inside: no self-deadlock."""
+    from spool._sync import ReentrantEvent
+
+    event = ReentrantEvent()
+
+    def interrupted_inside_set() -> None:
+        with event._cond:  # what set() holds when a signal lands in it
+            event.set()
+
+    worker = threading.Thread(target=interrupted_inside_set, daemon=True)
+    worker.start()
+    worker.join(2)
+    assert not worker.is_alive(), "deadlocked on its own lock"
+    assert event.wait(0)
+    event.clear()
+    assert not event.wait(0.01)
