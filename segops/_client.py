@@ -15,7 +15,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Optional, Type, TypeVar, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Type, TypeVar, Union, cast
 
 import httpx
 
@@ -61,6 +61,8 @@ _INLINE_SENDS = 20
 #: A call bounded by a deadline may run this much past it before it is abandoned: the
 #: normal paths (retry budget, request timeouts) end it on their own just before.
 _OVERRUN_GRACE = 0.25
+#: Sends abandoned at their deadline that may still run at once, per client.
+_MAX_ABANDONED = 4
 T = TypeVar("T")
 
 ErrorHandler = Callable[[BaseException], None]
@@ -189,11 +191,12 @@ class SegOpsClient:
         self._unflushed = 0
         self._background = background
         self._final_stats: Optional[ClientStats] = None
-        # Sends run by _within still going, the last one it gave up waiting for, and
-        # whether shutdown() left the spool and HTTP pool for the last of them to close.
-        self._sends = 0
-        self._straggler: Optional[threading.Thread] = None
-        self._close_when_idle = False
+        # Sends run by _within still going, those of them their caller gave up waiting
+        # for, and whether the spool and HTTP pool were closed after shutdown().
+        self._sends: Set[threading.Thread] = set()
+        self._abandoned: List[threading.Thread] = []
+        self._final_flush_over = False  # set by shutdown() once its own sends are done
+        self._released = False
         self._flusher = self._new_flusher()
         if self._spool.recovered_from is not None:
             self._report(
@@ -293,6 +296,8 @@ class SegOpsClient:
             target = self._spool.last_id()
             self._drain_through(target, deadline)
         except spool.SpoolError as exc:
+            if self._closed:  # shutdown() on another thread closed the spool meanwhile
+                raise ClientClosed("this SegOpsClient was shut down during flush()") from exc
             raise translate_spool_error(exc) from exc
 
     def shutdown(self, timeout: Optional[float] = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
@@ -307,10 +312,10 @@ class SegOpsClient:
                 return
             self._closed = True
         _LIVE_CLIENTS.discard(self)
-        # A short grace even for timeout=0: an idle flusher exits at once, and only a
-        # stopped flusher lets us close the spool and the HTTP pool.
+        # A short grace even for timeout=0: an idle flusher exits at once (one still inside
+        # a request closes the spool and the HTTP pool when it ends, see below).
         grace = 1.0 if deadline is None else min(1.0, max(0.1, deadline - time.monotonic()))
-        stopped = self._flusher.stop(timeout=grace)
+        self._flusher.stop(timeout=grace)
         try:
             self._drain_through(self._spool.last_id(), deadline)
         except spool.SpoolError as exc:
@@ -318,11 +323,11 @@ class SegOpsClient:
         finally:
             with contextlib.suppress(SegOpsError):
                 self._final_stats = self._snapshot()
-            if stopped:  # a flusher still inside a request keeps using both
-                with self._state_lock:
-                    self._close_when_idle = self._sends > 0  # the last send closes them
-                if not self._close_when_idle:
-                    self._release_resources()
+            # Closed now, or by the last send or the flusher still inside a request.
+            with self._state_lock:
+                self._final_flush_over = True
+            self._flusher.on_exit(self._release_if_idle)
+            self._release_if_idle()
 
     def close(self, timeout: Optional[float] = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
         """Alias of :meth:`shutdown`."""
@@ -478,18 +483,15 @@ class SegOpsClient:
         With a deadline, ``fn`` runs on a daemon thread: a server that trickles its answer
         a byte at a time (every read within the request timeout) or a ``get_user()`` that
         never returns must not hold the caller, or the exit flush, past it. An abandoned
-        call ends in the background (acking or releasing its batch; shutdown() leaves the
-        spool open for it), and the next call waits for it first: at most one per caller.
-        Inline when this thread is inside the spool already (a signal handler): the worker
-        would wait for it.
+        send ends in the background and acks or releases its batch (shutdown() leaves the
+        spool open for it); other batches go out meanwhile. At most _MAX_ABANDONED of them
+        run at once: past that, a caller waits for the oldest. Inline when this thread is
+        inside the spool already (a signal handler: a worker would wait for it) or is a
+        send itself (on_error calling flush()).
         """
-        if deadline is None or self._spool.in_use_by_this_thread():
+        if deadline is None or self._spool.in_use_by_this_thread() or self._is_send_thread():
             return fn()
-        straggler = self._straggler
-        if straggler is not None:
-            straggler.join(max(0.0, deadline - time.monotonic()))
-            if straggler.is_alive():
-                raise _Overran
+        self._wait_for_room(deadline)
         outcome: List[Any] = []
 
         def run() -> None:
@@ -498,29 +500,55 @@ class SegOpsClient:
             except BaseException as exc:
                 outcome.append((False, exc))
             finally:
-                self._send_ended()
+                self._send_ended(threading.current_thread())
 
         worker = threading.Thread(target=run, name="segops-send", daemon=True)
         with self._state_lock:
-            self._sends += 1
-        worker.start()
+            self._sends.add(worker)
+        try:
+            worker.start()
+        except RuntimeError as exc:  # no thread to be had: nothing was sent
+            self._send_ended(worker)
+            raise DeliveryError(f"could not start a send thread: {exc}") from exc
         worker.join(max(0.0, deadline - time.monotonic()) + _OVERRUN_GRACE)
         if not outcome:
-            self._straggler = worker
+            with self._state_lock:
+                self._abandoned.append(worker)
             raise _Overran
         ok, value = outcome[0]
         if ok:
             return cast(T, value)
         raise value
 
-    def _send_ended(self) -> None:
+    def _is_send_thread(self) -> bool:
         with self._state_lock:
-            self._sends -= 1
-            close = self._close_when_idle and self._sends == 0
-        if close:  # shutdown() left these open for this send
-            self._release_resources()
+            return threading.current_thread() in self._sends
 
-    def _release_resources(self) -> None:
+    def _wait_for_room(self, deadline: float) -> None:
+        """Bound the sends left running by callers that gave up on them."""
+        while True:
+            with self._state_lock:
+                self._abandoned = [t for t in self._abandoned if t.is_alive()]
+                if len(self._abandoned) < _MAX_ABANDONED:
+                    return
+                oldest = self._abandoned[0]
+            oldest.join(max(0.0, deadline - time.monotonic()))
+            if oldest.is_alive():
+                raise _Overran
+
+    def _send_ended(self, worker: threading.Thread) -> None:
+        with self._state_lock:
+            self._sends.discard(worker)
+        self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        """After shutdown(): close the spool and HTTP pool once no send and no flusher
+        uses them any more (whichever of them ends last does it; only once)."""
+        with self._state_lock:
+            busy = self._sends or self._flusher.running()
+            if not self._final_flush_over or self._released or busy:
+                return
+            self._released = True
         self._http.close()
         self._spool.close()
 
@@ -581,7 +609,7 @@ class SegOpsClient:
         """Fresh locks and HTTP pool; the parent's threads do not exist here."""
         self._state_lock = threading.RLock()
         self._forked = True
-        self._sends, self._straggler, self._close_when_idle = 0, None, False
+        self._sends, self._abandoned = set(), []
         self._counters.lock = threading.RLock()
         self._http.after_fork()
         if self._session is not None:

@@ -46,7 +46,8 @@ class Flusher:
         # Set by retire(): deliver what is pending once, then release and end.
         self._retiring = False
         self._backing_off = False  # waiting out a failure: retire() ends that wait at once
-        self._release: Optional[Callable[[], None]] = None
+        self._release: Optional[Callable[[], None]] = None  # see on_exit()
+        self._exited = False
 
     def start(self) -> None:
         # daemon: a flusher stuck on the network must never keep the interpreter alive;
@@ -72,15 +73,25 @@ class Flusher:
 
         A flusher backing off after a failure ends at once: it just had its pass.
         """
-        self._release = release
         self._retiring = True
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            release()
-            return
         if self._backing_off:
             self._stop.set()
         self._wake.set()
+        self.on_exit(release)
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the thread has ended: from it, or now if it has already
+        (or never started). It may run twice in a race: it must be idempotent."""
+        self._release = callback
+        thread = self._thread
+        # Written in the other order by _run: one of the two sees the other's write.
+        if thread is None or self._exited or not thread.is_alive():
+            callback()
+
+    def running(self) -> bool:
+        """True while the thread is alive and has not begun its exit."""
+        thread = self._thread
+        return thread is not None and not self._exited and thread.is_alive()
 
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the thread to end (after stop or retire)."""
@@ -102,6 +113,7 @@ class Flusher:
         try:
             self._deliver_until_stopped()
         finally:
+            self._exited = True
             release = self._release
             if release is not None:
                 release()

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 import segops
@@ -18,39 +18,88 @@ from segops.devserver import DevServer
 MakeClient = Callable[..., segops.SegOpsClient]
 
 
-@pytest.fixture
-def trickler() -> Iterator[str]:
-    """A URL whose server answers every request one byte per 50 ms, ~15 s in all: each
-    read arrives within any timeout the client uses, the whole answer within none."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
+class Trickler:
+    """A server that answers each request one byte per 50 ms, ~15 s in all (each read
+    arrives within any timeout the client uses, the whole answer within none), or, once
+    ``trickle`` is cleared, at once. ``answered`` counts the requests answered at once."""
 
-    def answer(conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):  # the client may hang up first
-            conn.recv(65536)
-            body = b'{"queued": 1, "skipped": 0}' + b" " * 200
-            reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            for i in range(len(reply)):
-                if stop.wait(0.05):
-                    return
-                conn.sendall(reply[i : i + 1])
+    def __init__(self) -> None:
+        self.trickle = threading.Event()
+        self.trickle.set()
+        self.answered = 0
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
 
-    def serve() -> None:
-        while not stop.is_set():
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
             try:
-                conn, _ = listener.accept()
+                conn, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
+    def _answer(self, conn: socket.socket) -> None:
+        body = b'{"queued": 1, "skipped": 0}' + b" " * 200
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        with conn, contextlib.suppress(OSError):  # the client may hang up first
+            pending = b""
+            while True:  # keep-alive: one answer per request
+                pending = self._read_request(conn, pending)
+                if pending is None:
+                    return
+                if not self.trickle.is_set():
+                    self.answered += 1
+                    conn.sendall(reply)
+                    continue
+                for i in range(len(reply)):
+                    if self._stop.wait(0.05):
+                        return
+                    conn.sendall(reply[i : i + 1])
+
+    @staticmethod
+    def _read_request(conn: socket.socket, pending: bytes) -> Optional[bytes]:
+        """Read one request (headers, Content-Length body); return the bytes after it."""
+        while b"\r\n\r\n" not in pending:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            pending += chunk
+        head, _, rest = pending.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            rest += chunk
+        return rest[length:]
+
+
+@pytest.fixture
+def slow_server() -> Iterator[Trickler]:
+    """A Trickler on 127.0.0.1, trickling until told otherwise."""
+    server = Trickler()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield server
     finally:
-        stop.set()
-        listener.close()
+        server.close()
+
+
+@pytest.fixture
+def trickler(slow_server: Trickler) -> str:
+    """The URL of a server that trickles every answer."""
+    return slow_server.url
 
 
 @pytest.mark.parametrize("call", ["flush", "shutdown"])
@@ -224,11 +273,11 @@ def test_a_send_abandoned_by_shutdown_still_acks_its_batch(
     assert server.stats()["duplicates_dropped"] == 0
 
 
-def test_flushes_that_time_out_leave_at_most_one_send_behind(
+def test_flushes_that_time_out_leave_a_bounded_number_of_sends_behind(
     make_client: MakeClient, trickler: str
 ) -> None:
-    """Many flush(timeout) calls against a trickling server: the next call waits for the
-    send the last one abandoned instead of starting another (no pile of threads)."""
+    """Many flush(timeout) calls against a trickling server: at most four abandoned
+    sends run at once; past that a caller waits for the oldest (no pile of threads)."""
     before = set(threading.enumerate())  # other tests' sends may still be ending
     client = make_client(trickler)
     for _ in range(10):
@@ -236,4 +285,75 @@ def test_flushes_that_time_out_leave_at_most_one_send_behind(
         with pytest.raises(segops.FlushTimeout):
             client.flush(timeout=0.1)
     sends = [t for t in set(threading.enumerate()) - before if t.name == "segops-send"]
-    assert len(sends) <= 1
+    assert 1 <= len(sends) <= 4
+
+
+def test_a_send_left_behind_does_not_hold_back_the_next(
+    make_client: MakeClient, slow_server: Trickler
+) -> None:
+    """batch=False: after one request trickles past its deadline, the next track() calls
+    still send their own events at once (the stuck one keeps only its own batch)."""
+    client = make_client(slow_server.url, batch=False, timeout=0.5, on_error=lambda e: None)
+    client.track(user_id="u", event_type="stuck")
+    slow_server.trickle.clear()
+    for i in range(5):
+        started = time.monotonic()
+        client.track(user_id="u", event_type="e", payload={"i": i})
+        assert time.monotonic() - started < 0.4, f"track #{i} waited for the stuck send"
+    assert slow_server.answered == 5
+
+
+def test_shutdown_delivers_the_rest_while_a_send_is_stuck(
+    make_client: MakeClient, slow_server: Trickler
+) -> None:
+    """shutdown() sends every other event while an earlier send still trickles; only the
+    stuck one stays (leased by that send, which acks it when it ends)."""
+    client = make_client(slow_server.url)
+    client.track(user_id="u", event_type="stuck")
+    with pytest.raises(segops.FlushTimeout):
+        client.flush(timeout=0.2)
+    slow_server.trickle.clear()
+    for i in range(10):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    with pytest.raises(segops.FlushTimeout, match="1 event"):
+        client.shutdown(timeout=2)
+    assert client.stats().delivered == 10
+
+
+def test_flush_from_on_error_on_a_send_thread_works(
+    server: DevServer, make_client: MakeClient
+) -> None:
+    """on_error runs on the send thread of a flush with a timeout; a flush() inside it
+    runs there too instead of failing to wait for its own thread."""
+    server.script([(200, {"queued": 0, "skipped": 1})])
+    outcomes: List[str] = []
+
+    def on_error(exc: BaseException) -> None:
+        try:
+            client.flush(timeout=5)
+            outcomes.append("ok")
+        except Exception as failure:
+            outcomes.append(repr(failure))
+
+    client = make_client(on_error=on_error)
+    client.track(user_id="u", event_type="e")
+    client.flush(timeout=5)
+    client.track(user_id="u", event_type="e2")
+    client.flush(timeout=5)
+    assert outcomes == ["ok"]
+
+
+def test_shutdown_during_a_flusher_request_closes_everything_when_it_ends(
+    server: DevServer, make_client: MakeClient, spool_file: Path
+) -> None:
+    """The spool and HTTP pool are closed by the flusher that was inside a request when
+    shutdown() gave up on it, once that request ends."""
+    server.latency_ms = 800
+    client = make_client(flush_interval=0.05, batch_size=1)
+    client.track(user_id="u", event_type="e")
+    wait_until(lambda: client.stats().in_flight == 1, timeout=5)  # the flusher's request
+    with contextlib.suppress(segops.SegOpsError):
+        client.shutdown(timeout=0.1)
+    held = client._spool
+    wal = Path(f"{spool_file}-wal")
+    wait_until(lambda: repr(held).endswith("closed>") and not wal.exists(), timeout=10)
