@@ -15,7 +15,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Type, TypeVar, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Type, TypeVar, Union, cast
 
 import httpx
 
@@ -61,8 +61,9 @@ _INLINE_SENDS = 20
 #: A call bounded by a deadline may run this much past it before it is abandoned: the
 #: normal paths (retry budget, request timeouts) end it on their own just before.
 _OVERRUN_GRACE = 0.25
-#: Sends abandoned at their deadline that may still run at once, per client.
-_MAX_ABANDONED = 4
+#: Sends with a deadline (flush, shutdown, batch=False) that may run at once, per client;
+#: those abandoned at their deadline count until they end.
+_MAX_SENDS = 8
 T = TypeVar("T")
 
 ErrorHandler = Callable[[BaseException], None]
@@ -191,10 +192,9 @@ class SegOpsClient:
         self._unflushed = 0
         self._background = background
         self._final_stats: Optional[ClientStats] = None
-        # Sends run by _within still going, those of them their caller gave up waiting
-        # for, and whether the spool and HTTP pool were closed after shutdown().
-        self._sends: Set[threading.Thread] = set()
-        self._abandoned: List[threading.Thread] = []
+        # Sends run by _within still going, and whether the spool and HTTP pool were
+        # closed after shutdown().
+        self._sends: Dict[threading.Thread, None] = {}  # oldest first
         self._final_flush_over = False  # set by shutdown() once its own sends are done
         self._released = False
         self._flusher = self._new_flusher()
@@ -296,9 +296,7 @@ class SegOpsClient:
             target = self._spool.last_id()
             self._drain_through(target, deadline)
         except spool.SpoolError as exc:
-            if self._closed:  # shutdown() on another thread closed the spool meanwhile
-                raise ClientClosed("this SegOpsClient was shut down during flush()") from exc
-            raise translate_spool_error(exc) from exc
+            raise self._spool_failure(exc) from exc
 
     def shutdown(self, timeout: Optional[float] = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
         """Stop the flusher and make a final flush within ``timeout``; raises like ``flush``.
@@ -425,7 +423,7 @@ class SegOpsClient:
         try:
             self._spool.append(record)
         except spool.SpoolError as exc:
-            raise translate_spool_error(exc) from exc
+            raise self._spool_failure(exc) from exc
         if not self._batch:
             # A track() inside on_error (batch=False reports on the caller's thread) only
             # spools: sending would fail again, report again and recurse.
@@ -445,7 +443,7 @@ class SegOpsClient:
         try:
             self._spool.append_many(records)
         except spool.SpoolError as exc:
-            raise translate_spool_error(exc) from exc
+            raise self._spool_failure(exc) from exc
         self._flusher.wake()
 
     def _send_now(self) -> None:
@@ -484,14 +482,13 @@ class SegOpsClient:
         a byte at a time (every read within the request timeout) or a ``get_user()`` that
         never returns must not hold the caller, or the exit flush, past it. An abandoned
         send ends in the background and acks or releases its batch (shutdown() leaves the
-        spool open for it); other batches go out meanwhile. At most _MAX_ABANDONED of them
-        run at once: past that, a caller waits for the oldest. Inline when this thread is
-        inside the spool already (a signal handler: a worker would wait for it) or is a
-        send itself (on_error calling flush()).
+        spool open for it); other batches go out meanwhile. At most _MAX_SENDS run at once:
+        past that, a caller waits for the oldest. Inline when this thread is inside the
+        spool already (a signal handler: a worker would wait for it) or is a send itself
+        (on_error calling flush()).
         """
         if deadline is None or self._spool.in_use_by_this_thread() or self._is_send_thread():
             return fn()
-        self._wait_for_room(deadline)
         outcome: List[Any] = []
 
         def run() -> None:
@@ -503,17 +500,17 @@ class SegOpsClient:
                 self._send_ended(threading.current_thread())
 
         worker = threading.Thread(target=run, name="segops-send", daemon=True)
-        with self._state_lock:
-            self._sends.add(worker)
         try:
+            self._reserve_send(worker, deadline)
             worker.start()
         except RuntimeError as exc:  # no thread to be had: nothing was sent
             self._send_ended(worker)
             raise DeliveryError(f"could not start a send thread: {exc}") from exc
+        except BaseException:  # e.g. Ctrl-C right here: the slot must not stay taken
+            self._send_ended(worker)
+            raise
         worker.join(max(0.0, deadline - time.monotonic()) + _OVERRUN_GRACE)
         if not outcome:
-            with self._state_lock:
-                self._abandoned.append(worker)
             raise _Overran
         ok, value = outcome[0]
         if ok:
@@ -521,24 +518,28 @@ class SegOpsClient:
         raise value
 
     def _is_send_thread(self) -> bool:
-        with self._state_lock:
-            return threading.current_thread() in self._sends
+        return threading.current_thread() in self._sends
 
-    def _wait_for_room(self, deadline: float) -> None:
-        """Bound the sends left running by callers that gave up on them."""
+    def _reserve_send(self, worker: threading.Thread, deadline: float) -> None:
+        """Take a send slot for ``worker``, waiting for the oldest send while all are taken.
+
+        Raises ClientClosed once shutdown() is over: the spool and HTTP pool may be gone.
+        """
         while True:
             with self._state_lock:
-                self._abandoned = [t for t in self._abandoned if t.is_alive()]
-                if len(self._abandoned) < _MAX_ABANDONED:
+                if self._final_flush_over:
+                    raise ClientClosed("this SegOpsClient was shut down")
+                if len(self._sends) < _MAX_SENDS:
+                    self._sends[worker] = None
                     return
-                oldest = self._abandoned[0]
+                oldest = next(iter(self._sends))
             oldest.join(max(0.0, deadline - time.monotonic()))
             if oldest.is_alive():
                 raise _Overran
 
     def _send_ended(self, worker: threading.Thread) -> None:
         with self._state_lock:
-            self._sends.discard(worker)
+            self._sends.pop(worker, None)
         self._release_if_idle()
 
     def _release_if_idle(self) -> None:
@@ -549,8 +550,8 @@ class SegOpsClient:
             if not self._final_flush_over or self._released or busy:
                 return
             self._released = True
+        self._spool.close()  # first: a straggling claim then fails cleanly, sends nothing
         self._http.close()
-        self._spool.close()
 
     def _drain_through(self, target: int, deadline: Optional[float]) -> None:
         while self._spool.pending_through(target) > 0:
@@ -577,6 +578,13 @@ class SegOpsClient:
         pending = self._spool.pending_through(target)
         message = f"{pending} event(s) still pending; they stay in the spool"
         return FlushTimeout(message if cause is None else f"{message} ({cause})", pending=pending)
+
+    def _spool_failure(self, exc: spool.SpoolError) -> SegOpsError:
+        """Ours for a spool error; ClientClosed when a shutdown() on another thread (or in
+        a signal handler) closed the spool under the call."""
+        if self._closed:
+            return ClientClosed("this SegOpsClient was shut down during the call")
+        return translate_spool_error(exc)
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -609,7 +617,7 @@ class SegOpsClient:
         """Fresh locks and HTTP pool; the parent's threads do not exist here."""
         self._state_lock = threading.RLock()
         self._forked = True
-        self._sends, self._abandoned = set(), []
+        self._sends = {}
         self._counters.lock = threading.RLock()
         self._http.after_fork()
         if self._session is not None:

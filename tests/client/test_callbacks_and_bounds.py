@@ -276,16 +276,29 @@ def test_a_send_abandoned_by_shutdown_still_acks_its_batch(
 def test_flushes_that_time_out_leave_a_bounded_number_of_sends_behind(
     make_client: MakeClient, trickler: str
 ) -> None:
-    """Many flush(timeout) calls against a trickling server: at most four abandoned
-    sends run at once; past that a caller waits for the oldest (no pile of threads)."""
+    """flush(timeout) calls against a trickling server, from 16 threads at once and then
+    one after another: at most eight sends run per client; past that a caller waits for
+    the oldest (no pile of threads)."""
     before = set(threading.enumerate())  # other tests' sends may still be ending
     client = make_client(trickler)
-    for _ in range(10):
+
+    def flush_one() -> None:
         client.track(user_id="u", event_type="e")
-        with pytest.raises(segops.FlushTimeout):
+        with contextlib.suppress(segops.FlushTimeout):
             client.flush(timeout=0.1)
+
+    callers = [threading.Thread(target=flush_one) for _ in range(16)]
+    for caller in callers:
+        caller.start()
+    peak = 0
+    while any(caller.is_alive() for caller in callers):
+        sends = [t for t in set(threading.enumerate()) - before if t.name == "segops-send"]
+        peak = max(peak, len(sends))
+        time.sleep(0.005)
+    for _ in range(10):
+        flush_one()
     sends = [t for t in set(threading.enumerate()) - before if t.name == "segops-send"]
-    assert 1 <= len(sends) <= 4
+    assert 1 <= max(peak, len(sends)) <= 8
 
 
 def test_a_send_left_behind_does_not_hold_back_the_next(
