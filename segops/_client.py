@@ -348,15 +348,22 @@ class SegOpsClient:
 
         After ``shutdown()`` it returns the snapshot taken at the end of the final flush.
         """
-        if self._final_stats is not None:
-            return self._final_stats
-        return self._snapshot()
+        try:
+            return self._final_stats or self._snapshot()
+        except ClientClosed:
+            final = self._final_stats_if_any()  # shutdown() finished meanwhile
+            if final is None:
+                raise
+            return final
+
+    def _final_stats_if_any(self) -> Optional[ClientStats]:
+        return self._final_stats
 
     def _snapshot(self) -> ClientStats:
         try:
             spooled = self._spool.stats()
         except spool.SpoolError as exc:
-            raise translate_spool_error(exc) from exc
+            raise self._spool_failure(exc) from exc
         counters = self._counters
         return ClientStats(
             pending=spooled.pending,
@@ -532,9 +539,13 @@ class SegOpsClient:
                 if len(self._sends) < _MAX_SENDS:
                     self._sends[worker] = None
                     return
-                oldest = next(iter(self._sends))
-            oldest.join(max(0.0, deadline - time.monotonic()))
-            if oldest.is_alive():
+                # The oldest that has started: a slot is taken just before its thread starts.
+                oldest = next((t for t in self._sends if t.ident is not None), None)
+            if oldest is None:
+                time.sleep(0.005)
+            else:
+                oldest.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
                 raise _Overran
 
     def _send_ended(self, worker: threading.Thread) -> None:
@@ -617,6 +628,9 @@ class SegOpsClient:
         """Fresh locks and HTTP pool; the parent's threads do not exist here."""
         self._state_lock = threading.RLock()
         self._forked = True
+        # Unstarted (_ensure_flusher starts one on first use): the parent's may hold a lock
+        # of its events that a parent thread had at the fork, and shutdown() sets them.
+        self._flusher = self._new_flusher()
         self._sends = {}
         self._counters.lock = threading.RLock()
         self._http.after_fork()

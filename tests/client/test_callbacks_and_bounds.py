@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -12,7 +13,16 @@ from typing import Callable, Iterator, List, Optional
 
 import pytest
 import segops
-from _support import PK, ErrorLog, exit_after_tracking, payload_ids, wait_until, write_script
+from _support import (
+    PK,
+    SK,
+    ErrorLog,
+    exit_after_tracking,
+    payload_ids,
+    run_script,
+    wait_until,
+    write_script,
+)
 from segops.devserver import DevServer
 
 MakeClient = Callable[..., segops.SegOpsClient]
@@ -370,3 +380,72 @@ def test_shutdown_during_a_flusher_request_closes_everything_when_it_ends(
     held = client._spool
     wal = Path(f"{spool_file}-wal")
     wait_until(lambda: repr(held).endswith("closed>") and not wal.exists(), timeout=10)
+
+
+FORKED_SHUTDOWN = """\
+    import os, sys, threading, time
+    import segops
+
+    client = segops.SegOpsClient(sys.argv[1], "sk_dev_secret", spool_path=sys.argv[2])
+    client.track(user_id="u", event_type="e")
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_wake_lock():
+        # As a parent thread inside wake() at the moment of the fork.
+        with client._flusher._wake._cond:
+            held.set()
+            release.wait()
+
+    threading.Thread(target=hold_the_wake_lock, daemon=True).start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            client.shutdown(timeout=2)
+        except segops.SegOpsError:
+            pass
+        os._exit(0)
+    release.set()
+    _, status = os.waitpid(pid, 0)
+    print("child exit", os.waitstatus_to_exitcode(status))
+    client.shutdown(timeout=5)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_can_shut_down_first_thing(
+    server: DevServer, tmp_path: Path, spool_file: Path
+) -> None:
+    """A child whose first call is shutdown() does not touch the parent's flusher, whose
+    event lock a parent thread may have held at the fork (it would wait forever)."""
+    script = write_script(tmp_path, "forked.py", FORKED_SHUTDOWN)
+    done = run_script(script, server.url, str(spool_file), timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "child exit 0" in done.stdout
+
+
+def test_stats_racing_shutdown_returns_stats(server: DevServer, tmp_path: Path) -> None:
+    """stats() on another thread while shutdown() closes the spool returns a snapshot (the
+    final one once it exists), never a SpoolError."""
+    failures: List[BaseException] = []
+    for round_ in range(20):
+        client = segops.SegOpsClient(
+            server.url, SK, spool_path=tmp_path / f"s{round_}.sqlite3", flush_interval=60
+        )
+        client.track(user_id="u", event_type="e")
+        done = threading.Event()
+
+        def poll(client: segops.SegOpsClient = client, done: threading.Event = done) -> None:
+            while not done.is_set():
+                try:
+                    client.stats()
+                except BaseException as exc:
+                    failures.append(exc)
+                    return
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        client.shutdown(timeout=5)
+        done.set()
+        poller.join()
+    assert failures == []
