@@ -32,7 +32,7 @@ from ._errors import (
     translate_spool_error,
 )
 from ._flusher import Flusher
-from ._http import HttpSender
+from ._http import HttpSender, header_safe
 from ._paths import (
     default_spool_path,
     display_url,
@@ -351,13 +351,9 @@ class SegOpsClient:
         try:
             return self._final_stats or self._snapshot()
         except ClientClosed:
-            final = self._final_stats_if_any()  # shutdown() finished meanwhile
-            if final is None:
+            if self._final_stats is None:
                 raise
-            return final
-
-    def _final_stats_if_any(self) -> Optional[ClientStats]:
-        return self._final_stats
+            return self._final_stats  # shutdown() finished meanwhile
 
     def _snapshot(self) -> ClientStats:
         try:
@@ -617,8 +613,7 @@ class SegOpsClient:
         if not self._forked:
             return
         with self._state_lock:
-            if self._forked:
-                self._flusher = self._new_flusher()
+            if self._forked:  # the fork hook gave the child a fresh, unstarted flusher
                 if self._background:
                     self._flusher.start()
                 self._forked = False
@@ -689,7 +684,7 @@ def _check_settings(
         )
     if not isinstance(api_key, str) or not api_key.strip():
         raise ConfigurationError("api_key must be a non-empty sk_… or pk_… key")
-    if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):
+    if not header_safe(api_key):
         # It could never be sent in a header, and httpx's error would quote it in full.
         raise ConfigurationError(
             f"api_key {redact(api_key)} holds whitespace, control or non-ASCII characters"

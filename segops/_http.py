@@ -25,6 +25,14 @@ SINGLE_PATH = "/api/ingestion/track/"
 SESSION_PATH = "/api/auth/session/"
 
 
+def header_safe(value: str) -> bool:
+    """True when ``value`` can go in an HTTP header as it is: printable ASCII, no spaces.
+
+    httpx refuses anything else, and its error quotes the header, credentials included.
+    """
+    return value.isascii() and value.isprintable() and " " not in value
+
+
 @dataclass(frozen=True)
 class Reply:
     """A server answer, reduced to what delivery decisions need."""

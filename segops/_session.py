@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ._encoding import parse_iso8601
 from ._errors import AuthError, DeliveryError
-from ._http import SESSION_PATH, HttpSender, Reply
+from ._http import SESSION_PATH, HttpSender, Reply, header_safe
 from ._retry import Retryable
 from ._types import UserContext
 
@@ -163,9 +163,7 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's answer has no usable token/expires_at",
             status=reply.status,
         ) from exc
-    if not (isinstance(value, str) and value and value.isascii() and value.isprintable()) or (
-        " " in value
-    ):
+    if not (isinstance(value, str) and value and header_safe(value)):
         # It could never go in a header: failing here sends nothing and mints again later,
         # where httpx would fail every request until expiry, quoting the token.
         raise DeliveryError(

@@ -480,8 +480,8 @@ class Spool:
             _HELD_NEARBY, (*params, _DEAD_OWNER_SCAN)
         ).fetchall()
         for row in rows:
-            pid = _owner_pid(str(row[4]), self._host)
-            if pid is not None and pid not in (self._pid, os.getpid()) and self._gone(pid):
+            pid = self._foreign_pid(str(row[4]))
+            if pid is not None and self._gone(pid):
                 log.debug("spool: batch %s of exited process %d reclaimed", row[0], pid)
                 return row
         return None
@@ -494,8 +494,14 @@ class Spool:
 
     def _holder_gone(self, owner: str) -> bool:
         """True when ``owner`` is a process of this machine that surely exited."""
+        pid = self._foreign_pid(owner)
+        return pid is not None and _pid_gone(pid)
+
+    def _foreign_pid(self, owner: str) -> Optional[int]:
+        """The pid of ``owner`` when it is another process of our pid namespace, else None
+        (only then may we ask the kernel whether it still runs)."""
         pid = None if self._host is None else _owner_pid(owner, self._host)
-        return pid is not None and pid not in (self._pid, os.getpid()) and _pid_gone(pid)
+        return None if pid in (None, self._pid, os.getpid()) else pid
 
     def _gone(self, pid: int) -> bool:
         """_pid_gone with a short memory of live pids (caller holds ``self._lock``)."""

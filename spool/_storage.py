@@ -212,20 +212,17 @@ def coarse_lock(path: Path, timeout: float) -> Iterator[None]:
 
 def ensure_schema(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
     """Create or migrate the schema forward; the common case is one cheap pragma read."""
-    if _user_version(conn) == SCHEMA_VERSION:
-        _add_missing_columns(conn, path, timeout)
-        probe(conn)
-        return
-    with _schema_change(conn, path, timeout):
-        version = _user_version(conn)
-        if version > SCHEMA_VERSION:
-            raise SpoolError(
-                f"spool {path} has schema v{version}, newer than supported v{SCHEMA_VERSION}"
-            )
-        for steps in MIGRATIONS[version:]:
-            for sql in steps:
-                conn.execute(sql)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    if _user_version(conn) != SCHEMA_VERSION:
+        with _schema_change(conn, path, timeout):
+            version = _user_version(conn)
+            if version > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {path} has schema v{version}, newer than supported v{SCHEMA_VERSION}"
+                )
+            for steps in MIGRATIONS[version:]:
+                for sql in steps:
+                    conn.execute(sql)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     _add_missing_columns(conn, path, timeout)
     probe(conn)
 

@@ -6,8 +6,6 @@ import collections
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, List
@@ -18,16 +16,15 @@ import segops
 from _support import (
     FAST,
     PK,
-    REPO_ROOT,
     SK,
     ErrorLog,
-    child_env,
     exit_after_tracking,
     free_port,
     ingestion,
     lease_left,
     payload_ids,
     run_script,
+    start_script,
     wait_until,
     write_script,
 )
@@ -128,14 +125,7 @@ def test_kill_9_then_new_client_delivers_every_acknowledged_event(
     else:  # a slow server and a busy flusher: the kill lands during requests
         server.latency_ms = 150
         args = [server.url, str(spool_file), "0.02", "20", "0"]
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=str(REPO_ROOT),
-    )
+    proc = start_script(script, *args)
     acked: List[int] = []
     try:
         assert proc.stdout is not None
@@ -289,17 +279,7 @@ print("done")
 def test_two_processes_share_one_spool(server: DevServer, spool_file: Path, tmp_path: Path) -> None:
     """Two processes with clients on one spool file: each event is delivered exactly once."""
     script = write_script(tmp_path, "sharer.py", SHARING_CHILD)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), server.url, str(spool_file), tag],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env(),
-            cwd=str(REPO_ROOT),
-        )
-        for tag in ("a", "b")
-    ]
+    procs = [start_script(script, server.url, str(spool_file), tag) for tag in ("a", "b")]
     for proc in procs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
