@@ -615,7 +615,13 @@ class SegOpsClient:
         with self._state_lock:
             if self._forked:  # the fork hook gave the child a fresh, unstarted flusher
                 if self._background:
-                    self._flusher.start()
+                    # No start-up pass: the parent's flusher already drains what was left
+                    # (its own start-up pass did). A child's pass would claim the events
+                    # of every process at once, and pool children (Celery's recycling,
+                    # gunicorn's max-requests) are often ended mid-send, which makes the
+                    # next sender send that batch again: a copy at servers that ignore
+                    # the Idempotency-Key.
+                    self._flusher.start(idle_first=True)
                 self._forked = False
         _ensure_reaper()
 

@@ -48,8 +48,12 @@ class Flusher:
         self._backing_off = False  # waiting out a failure: retire() ends that wait at once
         self._release: Optional[Callable[[], None]] = None  # see on_exit()
         self._exited = False
+        self._idle_first = False
 
-    def start(self) -> None:
+    def start(self, *, idle_first: bool = False) -> None:
+        """Start the thread; with ``idle_first`` its first cycle waits for a wake-up or the
+        interval instead of running at once."""
+        self._idle_first = idle_first
         # daemon: a flusher stuck on the network must never keep the interpreter alive;
         # the atexit hook makes the bounded final flush instead.
         self._thread = threading.Thread(target=self._run, name="segops-flusher", daemon=True)
@@ -120,6 +124,8 @@ class Flusher:
 
     def _deliver_until_stopped(self) -> None:
         failures = 0
+        if self._idle_first:
+            self._idle()
         while not self._stop.is_set():
             try:
                 while not self._stop.is_set() and self._delivery.deliver_next(
@@ -148,11 +154,15 @@ class Flusher:
                 continue
             if self._retiring:
                 return
-            if self._wake.wait(self._interval) and not self._retiring:
-                # Woken by a burst of track() calls: linger a moment so the burst leaves in
-                # a few large requests. Every request costs the tracking threads GIL time.
-                self._stop.wait(COALESCE_DELAY)
-            self._wake.clear()
+            self._idle()
+
+    def _idle(self) -> None:
+        """Until woken (by ``batch_size`` new events, a flush, a stop) or ``interval`` ends."""
+        if self._wake.wait(self._interval) and not self._retiring:
+            # Woken by a burst of track() calls: linger a moment so the burst leaves in
+            # a few large requests. Every request costs the tracking threads GIL time.
+            self._stop.wait(COALESCE_DELAY)
+        self._wake.clear()
 
 
 def _backoff(exc: BaseException, failures: int) -> float:

@@ -202,6 +202,31 @@ def test_fork_after_create_four_children_os_exit(
 
 
 @pytest.mark.timeout(60)
+def test_forked_child_flusher_makes_no_start_up_pass(
+    server: DevServer, make_client: MakeClient
+) -> None:
+    """A forked child's first track() starts its flusher without the start-up pass: pool
+    children (Celery, gunicorn) that pass would claim every process's events and often be
+    ended mid-send, so the batch would go out twice. The parent's flusher delivers them."""
+    client = make_client(flush_interval=3.0, batch_size=1_000)  # after its start-up pass
+    client.track(user_id="parent", event_type="e", payload={"i": "p"})  # pending, no wake
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            client.track(user_id="child", event_type="e", payload={"i": "c"})
+            time.sleep(1.0)  # a start-up pass would send "p" within milliseconds
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert ingestion(server) == []
+    client.flush(timeout=10)
+    assert_exactly_once(server, ["p", "c"])
+
+
+@pytest.mark.timeout(60)
 def test_fork_child_delivers_with_its_own_flush(server: DevServer, make_client: MakeClient) -> None:
     """A forked child can flush() on its own connection; the parent keeps working."""
     client = make_client()
