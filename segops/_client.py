@@ -614,6 +614,11 @@ class SegOpsClient:
             return
         with self._state_lock:
             if self._forked:  # the fork hook gave the child a fresh, unstarted flusher
+                # Cleared first: under gevent, start() below lets other greenlets run, and
+                # they all pass this (then unpatched) reentrant lock: one start is enough.
+                self._forked = False
+                if threading.Lock is not self._lock_type_at_fork:
+                    self._renew_network_locks()
                 if self._background:
                     # No start-up pass: the parent's flusher already drains what was left
                     # (its own start-up pass did). A child's pass would claim the events
@@ -622,12 +627,21 @@ class SegOpsClient:
                     # next sender send that batch again: a copy at servers that ignore
                     # the Idempotency-Key.
                     self._flusher.start(idle_first=True)
-                self._forked = False
         _ensure_reaper()
+
+    def _renew_network_locks(self) -> None:
+        """gevent monkey-patched ``threading`` since the fork hook made these locks (as
+        gunicorn's gevent worker does after ``--preload`` forked it). A greenlet holds them
+        across a request, and another greenlet waiting on an unpatched lock would block the
+        whole process, the holder included, until its timeout."""
+        self._http.after_fork()
+        if self._session is not None:
+            self._session.after_fork()
 
     def _after_fork_in_child(self) -> None:
         """Fresh locks and HTTP pool; the parent's threads do not exist here."""
         self._state_lock = threading.RLock()
+        self._lock_type_at_fork = threading.Lock
         self._forked = True
         # Unstarted (_ensure_flusher starts one on first use): the parent's may hold a lock
         # of its events that a parent thread had at the fork, and shutdown() sets them.
@@ -746,13 +760,37 @@ def _retire_job(flusher: Flusher, spool_: spool.Spool, http: HttpSender) -> Call
 
 
 def _ensure_reaper() -> None:
+    """Start this process's reaper once (the fork hook forgets the parent's)."""
     global _reaper
-    if _reaper is not None and _reaper.is_alive():
+    if _reaper is not None:
         return
     with _reaper_lock:
-        if _reaper is None or not _reaper.is_alive():
-            _reaper = threading.Thread(target=_reap, name="segops-reaper", daemon=True)
-            _reaper.start()
+        if _reaper is not None:
+            return
+        _renew_release_queue()
+        reaper = _reaper = threading.Thread(target=_reap, name="segops-reaper", daemon=True)
+    # Started outside the lock: under gevent, start() lets other greenlets run, and one
+    # entering here would block the whole process on the lock (unpatched if made early).
+    try:
+        reaper.start()
+    except RuntimeError:  # cannot start a thread now (e.g. at exit): try again next time
+        _reaper = None
+        raise
+
+
+def _renew_release_queue() -> None:
+    """Rebuild the queue if ``queue.SimpleQueue`` changed since it was made: gevent's
+    monkey-patching after segops was imported turns the reaper into a greenlet, and a
+    greenlet blocked in the original (C) queue's get() blocks every greenlet, forever."""
+    global _RELEASES
+    if type(_RELEASES) is queue.SimpleQueue:
+        return
+    old, _RELEASES = _RELEASES, queue.SimpleQueue()
+    while True:
+        try:
+            _RELEASES.put(old.get_nowait())
+        except queue.Empty:
+            return
 
 
 def _reap() -> None:
@@ -777,9 +815,10 @@ def _run_queued_releases() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _RELEASES, _reaper
+    global _RELEASES, _reaper, _reaper_lock
     _RETIRING.clear()  # their threads, and the spool connections, stayed in the parent
     _RELEASES, _reaper = queue.SimpleQueue(), None  # the parent's queued releases are its own
+    _reaper_lock = threading.Lock()  # a parent thread may have held it at the fork
     for client in list(_LIVE_CLIENTS):
         client._after_fork_in_child()
 
