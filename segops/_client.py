@@ -762,10 +762,10 @@ def _retire_job(flusher: Flusher, spool_: spool.Spool, http: HttpSender) -> Call
 def _ensure_reaper() -> None:
     """Start this process's reaper once (the fork hook forgets the parent's)."""
     global _reaper
-    if _reaper is not None:
+    if _reaper_made():
         return
     with _reaper_lock:
-        if _reaper is not None:
+        if _reaper_made():  # another thread made it meanwhile
             return
         _renew_release_queue()
         reaper = _reaper = threading.Thread(target=_reap, name="segops-reaper", daemon=True)
@@ -776,6 +776,10 @@ def _ensure_reaper() -> None:
     except RuntimeError:  # cannot start a thread now (e.g. at exit): try again next time
         _reaper = None
         raise
+
+
+def _reaper_made() -> bool:
+    return _reaper is not None
 
 
 def _renew_release_queue() -> None:
