@@ -21,6 +21,7 @@ import httpx
 
 import spool
 
+from . import _uwsgi
 from ._delivery import Counters, Delivery
 from ._encoding import encode_common, encode_event, event_from_args, identify_from_args
 from ._errors import (
@@ -208,6 +209,7 @@ class SegOpsClient:
         if background:
             self._flusher.start()
         _ensure_reaper()
+        _uwsgi.check_options()
         # Set in a forked child until it starts its own flusher. A flag, not a pid check:
         # os.getpid() is a system call, and a system call on every track() makes the
         # following SQLite commit measurably slower (the kernel entry evicts CPU state).

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import httpx
 import pytest
@@ -56,13 +56,21 @@ def app_env(url: str, spool_dir: Path, key: str = "sk_dev_secret") -> Dict[str, 
 class AppServer:
     """A framework's server (gunicorn, uvicorn) running our app as a child process."""
 
-    def __init__(self, argv: List[str], cwd: Path, env: Dict[str, str], port: int) -> None:
+    def __init__(
+        self,
+        argv: List[str],
+        cwd: Path,
+        env: Dict[str, str],
+        port: int,
+        program: Optional[str] = None,
+    ) -> None:
+        """Run ``python -m <argv>``, or ``program <argv>`` when given."""
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.log = cwd / f"server-{port}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", *argv],
+                [program, *argv] if program else [sys.executable, "-m", *argv],
                 cwd=str(cwd),
                 env=env,
                 stdout=out,

@@ -1,0 +1,114 @@
+"""A Flask app under a real uWSGI master with two workers, with the options the docs name.
+
+uWSGI loads the app in its master and forks the workers itself, without Python's fork
+hooks unless ``py-call-uwsgi-fork-hooks``; each worker must still open its own SQLite
+connections and run its own flusher.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable, Iterator, List, Tuple
+
+import httpx
+import pytest
+from _apps import AppServer, app_env, free_port, stored_counts, wait_for
+from segops.devserver import DevServer
+
+pytest.importorskip("flask")
+UWSGI = shutil.which("uwsgi", path=str(Path(sys.executable).parent))
+pytestmark = pytest.mark.skipif(UWSGI is None, reason="uwsgi is not installed in this venv")
+
+APP = """
+import os
+
+import segops
+from flask import Flask
+
+# The master loads this module; uWSGI forks the workers afterwards. The master's flusher
+# runs rarely (30 s), so what arrives sooner was sent by the worker's own flusher.
+client = segops.SegOpsClient(
+    os.environ["SEGOPS_API_URL"], os.environ["SEGOPS_SECRET_KEY"],
+    flush_interval=30.0, batch_size=10,
+)
+app = Flask(__name__)
+
+
+@app.post("/hit/<int:i>")
+def hit(i):
+    client.track(user_id=f"u{i}", event_type="hit", payload={"i": i})
+    return {"pid": os.getpid()}
+
+
+@app.get("/pids")
+def pids():  # the process this worker is, and the one its spool believes it is in
+    return {"pid": os.getpid(), "spool_owner_pid": client._spool._pid}
+"""
+
+
+@pytest.fixture
+def start_uwsgi(
+    tmp_path: Path, server: DevServer, spool_dir: Path
+) -> Iterator[Callable[..., AppServer]]:
+    """Start ``uwsgi --master`` (preforked workers, no fork-hook option) on app.py."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP), encoding="utf-8")
+    started: List[AppServer] = []
+
+    def start(*options: str, ready: bool = True) -> AppServer:
+        port = free_port()
+        argv = [
+            "--master", "--processes", "2", "--http-socket", f"127.0.0.1:{port}",
+            "--wsgi-file", "app.py", "--callable", "app", "--die-on-term", *options,
+        ]  # fmt: skip
+        app = AppServer(argv, tmp_path, app_env(server.url, spool_dir), port, program=UWSGI)
+        started.append(app)
+        if ready:
+            app.wait_ready()
+        return app
+
+    try:
+        yield start
+    finally:
+        for app in started:
+            app.kill()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("--enable-threads", "--py-call-uwsgi-fork-hooks"), ("--enable-threads", "--lazy-apps")],
+    ids=["fork-hooks", "lazy-apps"],
+)
+def test_documented_options_deliver_every_event_once(
+    start_uwsgi: Callable[..., AppServer], server: DevServer, options: Tuple[str, ...]
+) -> None:
+    """With the options docs/frameworks.md names, each worker's spool knows its own pid,
+    its flusher sends within a second or so of batch_size events, the stop loses nothing,
+    and the client has nothing to warn about."""
+    app = start_uwsgi(*options)
+    for _ in range(6):
+        answer = httpx.get(app.base + "/pids", timeout=10).json()
+        assert answer["spool_owner_pid"] == answer["pid"] != app.proc.pid
+    ids = list(range(40))
+    for i in ids:
+        assert app.post(f"/hit/{i}").status_code == 200
+    wait_for(lambda: len(server.events()) >= 30, timeout=3.0, what="the workers' flushers sent")
+    app.stop()
+    assert stored_counts(server.events(), lambda e: e["payload"]["i"]) == {i: 1 for i in ids}
+    assert "segops" not in app.output()
+
+
+def test_warns_about_missing_uwsgi_options(start_uwsgi: Callable[..., AppServer]) -> None:
+    """uWSGI's defaults (no threads, no fork hooks, app loaded in the master): the client
+    says what to add, on the segops logger, when the master loads the app. (No request is
+    sent: with these options a worker forked while a segops thread held the interpreter
+    lock hangs, which is what the warning is about.)"""
+    app = start_uwsgi(ready=False)
+    wait_for(
+        lambda: "add py-call-uwsgi-fork-hooks = true" in app.output(),
+        timeout=20,
+        what="the fork-hooks warning",
+    )
+    assert "uWSGI runs without enable-threads" in app.output()
