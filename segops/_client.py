@@ -206,14 +206,22 @@ class SegOpsClient:
                     f"{self._spool.recovered_from} and a fresh spool was opened"
                 )
             )
-        if background:
-            self._flusher.start()
-        _ensure_reaper()
-        _uwsgi.check_options()
         # Set in a forked child until it starts its own flusher. A flag, not a pid check:
         # os.getpid() is a system call, and a system call on every track() makes the
         # following SQLite commit measurably slower (the kernel entry evicts CPU state).
         self._forked = False
+        self._lock_type_at_fork = threading.Lock
+        _uwsgi.check_options()
+        if _uwsgi.forks_without_hooks(_after_fork_without_hooks):
+            # No thread in this master: a worker forked while one held the interpreter
+            # lock would hang. Each worker starts its own on first use, as a forked child,
+            # and opens its own connections (none is open at the fork).
+            self._forked = True
+            self._spool.close_connections()
+        else:
+            if background:
+                self._flusher.start()
+            _ensure_reaper()
         _LIVE_CLIENTS.add(self)
 
     # -- the documented API -----------------------------------------------------------
@@ -818,6 +826,12 @@ def _run_queued_releases() -> None:
         except queue.Empty:
             return
         _run_release(job)
+
+
+def _after_fork_without_hooks() -> None:
+    """In a uWSGI worker forked without Python's fork hooks (see _uwsgi)."""
+    spool.after_fork_without_hooks()
+    _after_fork_in_child()
 
 
 def _after_fork_in_child() -> None:

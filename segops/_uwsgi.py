@@ -2,22 +2,24 @@
 
 By default uWSGI loads the app in its master and forks the workers itself, without running
 ``os.register_at_fork`` hooks (unless ``py-call-uwsgi-fork-hooks`` is set). A worker forked
-while one of the client's threads in the master held the interpreter lock then hangs at its
-start, and the others would write through the master's SQLite connections; without
-``enable-threads`` no background thread sends. The options that avoid all of this are
-``enable-threads`` plus ``py-call-uwsgi-fork-hooks`` (or ``lazy-apps``, which loads the app
-in each worker): the client warns, once per process, when they are missing.
+while a thread of the master held the interpreter lock hangs at its start, and every worker
+would write through the master's SQLite connections, under the master's pid. So in such a
+master the client starts no thread (:func:`forks_without_hooks`), and ``uwsgi.post_fork_hook``,
+which uWSGI calls in each new worker, runs the resets Python's fork hooks would have run.
+Without ``enable-threads`` no background thread runs at all: the client warns about that.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Mapping
+from types import ModuleType
+from typing import Any, Callable, Mapping, Optional
 
 logger = logging.getLogger("segops")
 
 _checked = False
+_hooked = False
 
 #: Option values uWSGI reads as "off" (flags given bare arrive as True, others as bytes).
 _OFF = {"", "0", "false", "off", "no"}
@@ -29,9 +31,8 @@ def check_options() -> None:
     if _checked:
         return
     _checked = True
-    try:
-        uwsgi = importlib.import_module("uwsgi")  # only importable inside a uWSGI process
-    except ImportError:
+    uwsgi = _uwsgi_module()
+    if uwsgi is None:
         return
     opt: Mapping[Any, Any] = getattr(uwsgi, "opt", {})
     if not (_enabled(opt, "enable-threads") or _enabled(opt, "threads")):
@@ -40,13 +41,44 @@ def check_options() -> None:
             "background thread; events stay spooled until a process with threads sends "
             "them (add enable-threads = true to the uWSGI options)"
         )
+
+
+def forks_without_hooks(after_fork_in_child: Callable[[], None]) -> bool:
+    """True in a uWSGI master that will fork workers without Python's fork hooks; then
+    ``after_fork_in_child`` is chained into ``uwsgi.post_fork_hook`` (once)."""
+    global _hooked
+    uwsgi = _uwsgi_module()
+    if uwsgi is None:
+        return False
+    opt: Mapping[Any, Any] = getattr(uwsgi, "opt", {})
     lazy = _enabled(opt, "lazy-apps") or _enabled(opt, "lazy")
-    if not lazy and not _enabled(opt, "py-call-uwsgi-fork-hooks"):
-        logger.warning(
-            "segops: uWSGI forks its workers without Python's fork hooks, and a worker forked "
-            "while a segops thread holds the interpreter lock hangs at its start; add "
-            "py-call-uwsgi-fork-hooks = true (or lazy-apps = true) to the uWSGI options"
-        )
+    if lazy or _enabled(opt, "py-call-uwsgi-fork-hooks") or _worker_id(uwsgi) != 0:
+        return False
+    if not _hooked:
+        _hooked = True
+        previous = getattr(uwsgi, "post_fork_hook", None)
+
+        def post_fork_hook() -> None:
+            after_fork_in_child()
+            if callable(previous):
+                previous()
+
+        setattr(uwsgi, "post_fork_hook", post_fork_hook)  # noqa: B010  # a module attribute
+    return True
+
+
+def _uwsgi_module() -> Optional[ModuleType]:
+    try:
+        return importlib.import_module("uwsgi")  # only importable inside a uWSGI process
+    except ImportError:
+        return None
+
+
+def _worker_id(uwsgi: ModuleType) -> int:
+    try:
+        return int(uwsgi.worker_id())
+    except Exception:  # an old or unusual build: treat it as the master, the safe side
+        return 0
 
 
 def _enabled(opt: Mapping[Any, Any], name: str) -> bool:

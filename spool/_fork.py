@@ -21,6 +21,7 @@ class ForkAware(Protocol):
     def _before_fork(self) -> None: ...
     def _after_fork_parent(self) -> None: ...
     def _after_fork_child(self) -> None: ...
+    def _close_inherited_connections(self) -> None: ...
 
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -28,6 +29,20 @@ _held: list[Any] = []
 # One fork at a time: two threads forking at once would otherwise interleave their hooks
 # over the shared list above and leave some spool's locks held forever.
 _fork_lock = threading.Lock()
+
+
+def after_fork_without_hooks() -> None:
+    """Call first thing in a child forked without Python's fork hooks (uWSGI forks its
+    workers so, unless started with ``py-call-uwsgi-fork-hooks``): each spool closes the
+    connections it inherited, then resets as after an ordinary fork. Kept, they would
+    leave this process believing it held the parent's file locks (POSIX locks are not
+    inherited); closed, SQLite drops that belief and takes real locks from then on."""
+    global _fork_lock
+    for obj in list(_live):
+        obj._close_inherited_connections()
+        obj._after_fork_child()
+    _held.clear()
+    _fork_lock = threading.Lock()
 
 
 def register(obj: ForkAware) -> None:

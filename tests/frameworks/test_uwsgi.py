@@ -15,6 +15,7 @@ from typing import Callable, Iterator, List, Tuple
 
 import httpx
 import pytest
+import segops
 from _apps import AppServer, app_env, free_port, stored_counts, wait_for
 from segops.devserver import DevServer
 
@@ -78,13 +79,17 @@ def start_uwsgi(
 
 @pytest.mark.parametrize(
     "options",
-    [("--enable-threads", "--py-call-uwsgi-fork-hooks"), ("--enable-threads", "--lazy-apps")],
-    ids=["fork-hooks", "lazy-apps"],
+    [
+        ("--enable-threads",),
+        ("--enable-threads", "--py-call-uwsgi-fork-hooks"),
+        ("--enable-threads", "--lazy-apps"),
+    ],
+    ids=["no-fork-hooks", "fork-hooks", "lazy-apps"],
 )
 def test_documented_options_deliver_every_event_once(
     start_uwsgi: Callable[..., AppServer], server: DevServer, options: Tuple[str, ...]
 ) -> None:
-    """With the options docs/frameworks.md names, each worker's spool knows its own pid,
+    """With threads enabled, fork hooks or not, each worker's spool knows its own pid,
     its flusher sends within a second or so of batch_size events, the stop loses nothing,
     and the client has nothing to warn about."""
     app = start_uwsgi(*options)
@@ -100,15 +105,21 @@ def test_documented_options_deliver_every_event_once(
     assert "segops" not in app.output()
 
 
-def test_warns_about_missing_uwsgi_options(start_uwsgi: Callable[..., AppServer]) -> None:
-    """uWSGI's defaults (no threads, no fork hooks, app loaded in the master): the client
-    says what to add, on the segops logger, when the master loads the app. (No request is
-    sent: with these options a worker forked while a segops thread held the interpreter
-    lock hangs, which is what the warning is about.)"""
-    app = start_uwsgi(ready=False)
-    wait_for(
-        lambda: "add py-call-uwsgi-fork-hooks = true" in app.output(),
-        timeout=20,
-        what="the fork-hooks warning",
-    )
-    assert "uWSGI runs without enable-threads" in app.output()
+def test_without_threads_warns_and_keeps_events_spooled(
+    start_uwsgi: Callable[..., AppServer],
+    server: DevServer,
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uWSGI's defaults (no enable-threads): requests are answered, the client says on the
+    segops logger what to add, and the events it could not send stay spooled for the next
+    client."""
+    app = start_uwsgi()
+    for i in range(3):
+        assert app.post(f"/hit/{i}").status_code == 200
+    app.stop()
+    assert "add enable-threads = true" in app.output()
+    monkeypatch.setenv("SEGOPS_SPOOL_DIR", str(spool_dir))
+    with segops.SegOpsClient(server.url, "sk_dev_secret") as client:
+        client.flush(timeout=10)
+    assert stored_counts(server.events(), lambda e: e["payload"]["i"]) == {0: 1, 1: 1, 2: 1}
