@@ -29,6 +29,7 @@ def test_public_api_is_pinned() -> None:
             "SpoolFull",
             "Stats",
             "Status",
+            "after_fork_without_hooks",
         ]
     )
     assert int(Status.PENDING) == 0 and int(Status.LEASED) == 1
