@@ -211,12 +211,14 @@ class SegOpsClient:
         # following SQLite commit measurably slower (the kernel entry evicts CPU state).
         self._forked = False
         self._lock_type_at_fork = threading.Lock
-        _uwsgi.check_options()
-        if _uwsgi.forks_without_hooks(_after_fork_without_hooks):
+        # Whether a forked child may leave what is pending to its parent's flusher.
+        self._parent_ran_flusher = background
+        if _uwsgi.forks_without_hooks(_after_uwsgi_fork):
             # No thread in this master: a worker forked while one held the interpreter
-            # lock would hang. Each worker starts its own on first use, as a forked child,
-            # and opens its own connections (none is open at the fork).
+            # lock would hang. Each worker starts its own, as a forked child, and opens
+            # its own connections (none is open at the fork).
             self._forked = True
+            self._parent_ran_flusher = False
             self._spool.close_connections()
         else:
             if background:
@@ -622,6 +624,11 @@ class SegOpsClient:
         """After a fork, the child starts its own flusher on first use."""
         if not self._forked:
             return
+        if self._spool.pid != os.getpid():
+            # Forked with no hook at all: a uWSGI app that imported uwsgidecorators after
+            # this client was made replaced the post-fork hook _uwsgi chained. Once per
+            # process: _forked is only set until the flusher starts.
+            _after_fork_without_hooks()
         with self._state_lock:
             if self._forked:  # the fork hook gave the child a fresh, unstarted flusher
                 # Cleared first: under gevent, start() below lets other greenlets run, and
@@ -636,7 +643,7 @@ class SegOpsClient:
                     # gunicorn's max-requests) are often ended mid-send, which makes the
                     # next sender send that batch again: a copy at servers that ignore
                     # the Idempotency-Key.
-                    self._flusher.start(idle_first=True)
+                    self._flusher.start(idle_first=self._parent_ran_flusher)
         _ensure_reaper()
 
     def _renew_network_locks(self) -> None:
@@ -829,9 +836,24 @@ def _run_queued_releases() -> None:
 
 
 def _after_fork_without_hooks() -> None:
-    """In a uWSGI worker forked without Python's fork hooks (see _uwsgi)."""
-    spool.after_fork_without_hooks()
-    _after_fork_in_child()
+    """In a child forked without Python's fork hooks (a uWSGI worker, see _uwsgi)."""
+    with _hookless_fork_lock:
+        if not any(c._spool.pid != os.getpid() for c in list(_LIVE_CLIENTS)):
+            return  # another thread of this child did it
+        spool.after_fork_without_hooks()
+        _after_fork_in_child()
+
+
+def _after_uwsgi_fork() -> None:
+    """uWSGI's post-fork hook: reset, then start the flushers at once (the master ran
+    none, so what a previous run left is sent without waiting for a first track())."""
+    _after_fork_without_hooks()
+    for client in list(_LIVE_CLIENTS):
+        client._ensure_flusher()
+
+
+#: No thread runs in a master that forks without hooks, so no thread holds it at the fork.
+_hookless_fork_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:

@@ -6,41 +6,19 @@ while a thread of the master held the interpreter lock hangs at its start, and e
 would write through the master's SQLite connections, under the master's pid. So in such a
 master the client starts no thread (:func:`forks_without_hooks`), and ``uwsgi.post_fork_hook``,
 which uWSGI calls in each new worker, runs the resets Python's fork hooks would have run.
-Without ``enable-threads`` no background thread runs at all: the client warns about that.
+(uWSGI 2.0.31 with Python 3 runs threads even without ``enable-threads``.)
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 from types import ModuleType
 from typing import Any, Callable, Mapping, Optional
 
-logger = logging.getLogger("segops")
-
-_checked = False
 _hooked = False
 
 #: Option values uWSGI reads as "off" (flags given bare arrive as True, others as bytes).
 _OFF = {"", "0", "false", "off", "no"}
-
-
-def check_options() -> None:
-    """Inside uWSGI (once per process): warn about the options the client needs."""
-    global _checked
-    if _checked:
-        return
-    _checked = True
-    uwsgi = _uwsgi_module()
-    if uwsgi is None:
-        return
-    opt: Mapping[Any, Any] = getattr(uwsgi, "opt", {})
-    if not (_enabled(opt, "enable-threads") or _enabled(opt, "threads")):
-        logger.warning(
-            "segops: uWSGI runs without enable-threads, so the client cannot send from its "
-            "background thread; events stay spooled until a process with threads sends "
-            "them (add enable-threads = true to the uWSGI options)"
-        )
 
 
 def forks_without_hooks(after_fork_in_child: Callable[[], None]) -> bool:

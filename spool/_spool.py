@@ -311,6 +311,13 @@ class Spool:
     # ------------------------------------------------------------------ properties
 
     @property
+    def pid(self) -> int:
+        """The process this Spool's connections and lease tokens belong to. It differs from
+        ``os.getpid()`` only in a child forked without Python's fork hooks that has not yet
+        called :func:`spool.after_fork_without_hooks`."""
+        return self._pid
+
+    @property
     def path(self) -> Path:
         """Absolute path of the database file."""
         return self._path

@@ -35,6 +35,8 @@ client = segops.SegOpsClient(
     os.environ["SEGOPS_API_URL"], os.environ["SEGOPS_SECRET_KEY"],
     flush_interval=30.0, batch_size=10,
 )
+if os.environ.get("IMPORT_UWSGIDECORATORS"):  # it replaces uwsgi.post_fork_hook on import
+    import uwsgidecorators  # noqa: F401
 app = Flask(__name__)
 
 
@@ -58,13 +60,14 @@ def start_uwsgi(
     (tmp_path / "app.py").write_text(textwrap.dedent(APP), encoding="utf-8")
     started: List[AppServer] = []
 
-    def start(*options: str, ready: bool = True) -> AppServer:
+    def start(*options: str, ready: bool = True, **env: str) -> AppServer:
         port = free_port()
         argv = [
             "--master", "--processes", "2", "--http-socket", f"127.0.0.1:{port}",
             "--wsgi-file", "app.py", "--callable", "app", "--die-on-term", *options,
         ]  # fmt: skip
-        app = AppServer(argv, tmp_path, app_env(server.url, spool_dir), port, program=UWSGI)
+        app_vars = {**app_env(server.url, spool_dir), **env}
+        app = AppServer(argv, tmp_path, app_vars, port, program=UWSGI)
         started.append(app)
         if ready:
             app.wait_ready()
@@ -81,10 +84,11 @@ def start_uwsgi(
     "options",
     [
         ("--enable-threads",),
+        ("--enable-threads", "+uwsgidecorators"),
         ("--enable-threads", "--py-call-uwsgi-fork-hooks"),
         ("--enable-threads", "--lazy-apps"),
     ],
-    ids=["no-fork-hooks", "fork-hooks", "lazy-apps"],
+    ids=["no-fork-hooks", "no-fork-hooks-uwsgidecorators", "fork-hooks", "lazy-apps"],
 )
 def test_documented_options_deliver_every_event_once(
     start_uwsgi: Callable[..., AppServer], server: DevServer, options: Tuple[str, ...]
@@ -92,34 +96,47 @@ def test_documented_options_deliver_every_event_once(
     """With threads enabled, fork hooks or not, each worker's spool knows its own pid,
     its flusher sends within a second or so of batch_size events, the stop loses nothing,
     and the client has nothing to warn about."""
-    app = start_uwsgi(*options)
-    for _ in range(6):
-        answer = httpx.get(app.base + "/pids", timeout=10).json()
-        assert answer["spool_owner_pid"] == answer["pid"] != app.proc.pid
+    env = {"IMPORT_UWSGIDECORATORS": "1"} if "+uwsgidecorators" in options else {}
+    app = start_uwsgi(*(o for o in options if not o.startswith("+")), **env)
     ids = list(range(40))
     for i in ids:
         assert app.post(f"/hit/{i}").status_code == 200
+    for _ in range(6):  # after a track(): with uwsgidecorators that is when the reset runs
+        answer = httpx.get(app.base + "/pids", timeout=10).json()
+        assert answer["spool_owner_pid"] == answer["pid"] != app.proc.pid
     wait_for(lambda: len(server.events()) >= 30, timeout=3.0, what="the workers' flushers sent")
     app.stop()
     assert stored_counts(server.events(), lambda e: e["payload"]["i"]) == {i: 1 for i in ids}
     assert "segops" not in app.output()
 
 
-def test_without_threads_warns_and_keeps_events_spooled(
+def test_without_enable_threads_still_delivers(
+    start_uwsgi: Callable[..., AppServer], server: DevServer
+) -> None:
+    """uWSGI's defaults (no enable-threads: uWSGI 2.0.31 with Python 3 runs threads anyway):
+    requests are answered and the workers deliver while they run."""
+    app = start_uwsgi()
+    for i in range(40):
+        assert app.post(f"/hit/{i}").status_code == 200
+    wait_for(lambda: len(server.events()) >= 30, timeout=5.0, what="the workers delivered")
+    app.stop()
+    assert stored_counts(server.events(), lambda e: e["payload"]["i"]) == {i: 1 for i in range(40)}
+    assert "segops" not in app.output()
+
+
+def test_backlog_of_a_previous_run_is_sent_at_start(
     start_uwsgi: Callable[..., AppServer],
     server: DevServer,
     spool_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """uWSGI's defaults (no enable-threads): requests are answered, the client says on the
-    segops logger what to add, and the events it could not send stay spooled for the next
-    client."""
-    app = start_uwsgi()
-    for i in range(3):
-        assert app.post(f"/hit/{i}").status_code == 200
-    app.stop()
-    assert "add enable-threads = true" in app.output()
+    """Events a previous run left in the spool go out soon after uWSGI starts, with no new
+    track(): the master runs no flusher, so the workers' first pass is not deferred."""
     monkeypatch.setenv("SEGOPS_SPOOL_DIR", str(spool_dir))
-    with segops.SegOpsClient(server.url, "sk_dev_secret") as client:
-        client.flush(timeout=10)
-    assert stored_counts(server.events(), lambda e: e["payload"]["i"]) == {0: 1, 1: 1, 2: 1}
+    left = segops.SegOpsClient(server.url, "sk_dev_secret", background=False)
+    for i in range(50):
+        left.track(user_id="u", event_type="left", payload={"i": i})
+    left._spool.close()  # as a crash would leave it: spooled, never sent
+    start_uwsgi("--enable-threads")
+    wait_for(lambda: len(server.events()) == 50, timeout=8.0, what="the backlog sent")
+    assert stored_counts(server.events(), lambda e: e["payload"]["i"]) == {i: 1 for i in range(50)}
