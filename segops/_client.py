@@ -637,12 +637,12 @@ class SegOpsClient:
                 if threading.Lock is not self._lock_type_at_fork:
                     self._renew_network_locks()
                 if self._background:
-                    # No start-up pass: the parent's flusher already drains what was left
-                    # (its own start-up pass did). A child's pass would claim the events
-                    # of every process at once, and pool children (Celery's recycling,
-                    # gunicorn's max-requests) are often ended mid-send, which makes the
-                    # next sender send that batch again: a copy at servers that ignore
-                    # the Idempotency-Key.
+                    # No start-up pass when the parent ran a flusher: it already drains
+                    # what was left. A child's pass would claim the events of every
+                    # process at once, and pool children (Celery's recycling, gunicorn's
+                    # max-requests) are often ended mid-send, which makes the next sender
+                    # send that batch again: a copy at servers that ignore the
+                    # Idempotency-Key. (A flusher-less uWSGI master: its workers pass.)
                     self._flusher.start(idle_first=self._parent_ran_flusher)
         _ensure_reaper()
 

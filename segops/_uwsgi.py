@@ -1,4 +1,4 @@
-"""uWSGI: by default its workers are forked without Python's fork hooks and run no threads.
+"""uWSGI: by default its workers are forked without Python's fork hooks.
 
 By default uWSGI loads the app in its master and forks the workers itself, without running
 ``os.register_at_fork`` hooks (unless ``py-call-uwsgi-fork-hooks`` is set). A worker forked

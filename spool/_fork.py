@@ -21,7 +21,7 @@ class ForkAware(Protocol):
     def _before_fork(self) -> None: ...
     def _after_fork_parent(self) -> None: ...
     def _after_fork_child(self) -> None: ...
-    def _close_inherited_connections(self) -> None: ...
+    def _close_connections(self) -> None: ...
 
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -39,7 +39,8 @@ def after_fork_without_hooks() -> None:
     inherited); closed, SQLite drops that belief and takes real locks from then on."""
     global _fork_lock
     for obj in list(_live):
-        obj._close_inherited_connections()
+        # Without its locks: a parent thread may hold them, and no other thread runs here.
+        obj._close_connections()
         obj._after_fork_child()
     _held.clear()
     _fork_lock = threading.Lock()

@@ -961,13 +961,6 @@ class Spool:
         self._before_fork()
         self._after_fork_parent()
 
-    def _close_inherited_connections(self) -> None:
-        """In a child forked without hooks: no lock can be trusted, no thread runs here."""
-        for conn in (self._conn, self._read_conn, self._ckpt_conn):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-
     def _after_fork_child(self) -> None:
         stored = self._bytes  # the parent's estimate; a fresh 0 would let max_bytes double
         self._reset_process_state()

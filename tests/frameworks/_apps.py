@@ -78,6 +78,12 @@ class AppServer:
                 start_new_session=True,  # a stray worker can be killed with the group
             )
 
+    def __enter__(self) -> AppServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until the port answers HTTP (any status)."""
         deadline = time.monotonic() + timeout

@@ -25,12 +25,9 @@ def uvicorn(tmp_path: Path, server: DevServer, spool_dir: Path) -> Iterator[AppS
     (tmp_path / "app.py").write_text(snippet, encoding="utf-8")
     port = free_port()
     argv = ["uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
-    app = AppServer(argv, tmp_path, app_env(server.url, spool_dir), port)
-    try:
+    with AppServer(argv, tmp_path, app_env(server.url, spool_dir), port) as app:
         app.wait_ready()
         yield app
-    finally:
-        app.kill()
 
 
 def sign_up_all(app: AppServer) -> None:

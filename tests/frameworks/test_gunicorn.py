@@ -67,12 +67,9 @@ def gunicorn(
         "--max-requests", str(MAX_REQUESTS),
         "--graceful-timeout", "20", "--bind", f"127.0.0.1:{port}", "app:app",
     ]  # fmt: skip
-    app = AppServer(argv, tmp_path, app_env(server.url, spool_dir), port)
-    try:
+    with AppServer(argv, tmp_path, app_env(server.url, spool_dir), port) as app:
         app.wait_ready()
         yield app
-    finally:
-        app.kill()
 
 
 def hit(app: AppServer, i: int) -> Optional[Dict[str, int]]:

@@ -7,11 +7,12 @@ connections and run its own flusher.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import textwrap
 from pathlib import Path
-from typing import Callable, Iterator, List, Tuple
+from typing import Callable, Iterator, Tuple
 
 import httpx
 import pytest
@@ -48,7 +49,7 @@ def hit(i):
 
 @app.get("/pids")
 def pids():  # the process this worker is, and the one its spool believes it is in
-    return {"pid": os.getpid(), "spool_owner_pid": client._spool._pid}
+    return {"pid": os.getpid(), "spool_owner_pid": client._spool.pid}
 """
 
 
@@ -58,7 +59,7 @@ def start_uwsgi(
 ) -> Iterator[Callable[..., AppServer]]:
     """Start ``uwsgi --master`` (preforked workers, no fork-hook option) on app.py."""
     (tmp_path / "app.py").write_text(textwrap.dedent(APP), encoding="utf-8")
-    started: List[AppServer] = []
+    started = contextlib.ExitStack()
 
     def start(*options: str, ready: bool = True, **env: str) -> AppServer:
         port = free_port()
@@ -67,17 +68,13 @@ def start_uwsgi(
             "--wsgi-file", "app.py", "--callable", "app", "--die-on-term", *options,
         ]  # fmt: skip
         app_vars = {**app_env(server.url, spool_dir), **env}
-        app = AppServer(argv, tmp_path, app_vars, port, program=UWSGI)
-        started.append(app)
+        app = started.enter_context(AppServer(argv, tmp_path, app_vars, port, program=UWSGI))
         if ready:
             app.wait_ready()
         return app
 
-    try:
+    with started:
         yield start
-    finally:
-        for app in started:
-            app.kill()
 
 
 @pytest.mark.parametrize(
