@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -52,6 +53,15 @@ _WAL_RESTART_BYTES = 16 * 1024 * 1024
 _RESTART_WAIT_MS = 250
 # When the in-memory byte counter says "full", re-count from disk at most this often.
 _RECOUNT_INTERVAL = 0.25
+# Appends fail with SpoolFull while less than this is free for the spool (free disk space
+# plus the file's own free pages), because delivery needs room too: claims and acks write
+# WAL frames, and a checkpoint copies the WAL's new pages into the main file, which grows
+# by as much. A disk filled to the last byte by appends would let nothing stored leave,
+# even once the server is back. 32 MiB holds a WAL at _WAL_RESTART_BYTES twice over.
+DEFAULT_MIN_FREE_BYTES = 32 * 1024 * 1024
+# Bytes appended in this process after which the checkpointer re-checks the free space
+# ahead of its next tick (large records fill a disk in fewer than _CHECKPOINT_EVERY).
+_ROOM_CHECK_BYTES = 1024 * 1024
 _LEASED = int(Status.LEASED)
 _PENDING = int(Status.PENDING)
 
@@ -251,6 +261,7 @@ class Spool:
         busy_timeout: float = 30.0,
         checkpoint_interval: float = 1.0,
         recover: bool = True,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         if durability not in _storage.SYNCHRONOUS:
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -258,6 +269,8 @@ class Spool:
             raise ValueError("max_bytes must be positive or None")
         if busy_timeout < 0 or checkpoint_interval <= 0:
             raise ValueError("busy_timeout must be >= 0 and checkpoint_interval > 0")
+        if min_free_bytes < 0:
+            raise ValueError("min_free_bytes must be >= 0")
         # "~/..." means the home directory, as in a shell: never a folder named "~".
         self._path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         self._sync = _storage.SYNCHRONOUS[durability]
@@ -266,18 +279,22 @@ class Spool:
         self._limit = sys.maxsize if max_bytes is None else max_bytes
         self._busy_timeout = float(busy_timeout)
         self._interval = float(checkpoint_interval)
+        self._min_free = int(min_free_bytes)
         self._closed = False
         self._reset_process_state()
         conn, self.recovered_from = _storage.open_spool(
             self._path, busy_timeout=self._busy_timeout, synchronous=self._sync, recover=recover
         )
         self._conn = conn
+        self._check_room(conn)
         if max_bytes is not None:
             try:
                 self._bytes = self._count_bytes(conn)
             except sqlite3.Error as exc:
                 conn.close()
                 raise _storage.translate(exc, self._path, "open") from exc
+        if self._min_free:
+            self._room_check_at = self._bytes + _ROOM_CHECK_BYTES
         _fork.register(self)
 
     def _reset_process_state(self) -> None:
@@ -306,6 +323,13 @@ class Spool:
         self._bytes = 0
         self._recounted_at = 0.0
         self._since_kick = 0
+        # Free space: _room_low makes appends raise SpoolFull (see DEFAULT_MIN_FREE_BYTES);
+        # the checkpointer re-checks it once _bytes reaches _room_check_at and every tick.
+        self._room_low = False
+        self._room = -1
+        self._room_checked_at = 0.0
+        # Counted from _bytes (0 here): no wake-up on a first append. Never with no reserve.
+        self._room_check_at = _ROOM_CHECK_BYTES if self._min_free else sys.maxsize
         self._page_size = 4096
 
     # ------------------------------------------------------------------ properties
@@ -335,6 +359,7 @@ class Spool:
             try:
                 cur.execute(_INSERT, (data,))
             except sqlite3.Error as exc:
+                self._bytes -= len(data)  # not stored after all
                 raise _storage.translate(exc, self._path, "append") from exc
             rowid: int = cur.lastrowid  # type: ignore[assignment]  # set by every INSERT
             if self._restart_wanted:
@@ -352,12 +377,17 @@ class Spool:
             return []
 
         def txn(conn: sqlite3.Connection) -> list[int]:
-            self._reserve(sum(len(d) for d in datas))
+            total = sum(len(d) for d in datas)
+            self._reserve(total)
             cur = conn.cursor()
             ids = []
-            for data in datas:
-                cur.execute(_INSERT, (data,))
-                ids.append(cast(int, cur.lastrowid))
+            try:
+                for data in datas:
+                    cur.execute(_INSERT, (data,))
+                    ids.append(cast(int, cur.lastrowid))
+            except BaseException:
+                self._bytes -= total  # rolled back: none of them is stored
+                raise
             return ids
 
         ids = self._write("append_many", txn)
@@ -366,9 +396,15 @@ class Spool:
         return ids
 
     def _reserve(self, nbytes: int) -> None:
-        """Raise SpoolFull if ``nbytes`` more would exceed max_bytes (caller holds the lock)."""
+        """Raise SpoolFull if ``nbytes`` more would exceed max_bytes, or the disk is nearly
+        full (caller holds the lock)."""
+        if self._room_low:
+            self._refuse_if_room_low()
         if self._bytes + nbytes <= self._limit:
             self._bytes += nbytes
+            if self._bytes >= self._room_check_at:
+                self._room_check_at = self._bytes + _ROOM_CHECK_BYTES
+                self._wake.set()
             return
         # The counter may be stale (other processes ack too): recount, but rate-limited
         # so a genuinely full spool doesn't turn every append into a table scan.
@@ -385,6 +421,32 @@ class Spool:
                 f" > max_bytes={self._max_bytes}"
             )
         self._bytes += nbytes
+
+    def _refuse_if_room_low(self) -> None:
+        """Re-check a low free space (at most every _RECOUNT_INTERVAL); raise while low."""
+        if time.monotonic() - self._room_checked_at >= _RECOUNT_INTERVAL:
+            self._check_room(cast(sqlite3.Connection, self._conn))
+        if self._room_low:
+            raise SpoolFull(
+                f"spool {self._path}: only {self._room} bytes free for it on its disk; appends"
+                f" stop below min_free_bytes={self._min_free} so that what is stored can"
+                " still be delivered"
+            )
+
+    def _check_room(self, conn: sqlite3.Connection) -> None:
+        """Set _room_low from the disk's free space plus the main file's free pages (reused
+        by appends without growing the file). A failed check changes nothing."""
+        self._room_checked_at = time.monotonic()
+        if not self._min_free:
+            return
+        try:
+            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            room = shutil.disk_usage(self._path).free + free_pages * self._page_size
+        except (OSError, sqlite3.Error) as exc:
+            log.debug("spool: free space check failed: %s", exc)
+            return
+        self._room = room
+        self._room_low = room < self._min_free
 
     @staticmethod
     def _count_bytes(conn: sqlite3.Connection) -> int:
@@ -770,9 +832,9 @@ class Spool:
         except sqlite3.Error as exc:
             raise _storage.translate(exc, self._path, "checkpoint") from exc
 
-    def _checkpoint_once(self, *, restart: bool = False) -> int:
-        """One PASSIVE checkpoint (or RESTART: see _background_tick); returns the WAL size in
-        bytes it saw (frames x page)."""
+    def _checkpoint_once(self, mode: str = "PASSIVE") -> int:
+        """One PASSIVE checkpoint (or RESTART/TRUNCATE: see _background_tick); returns the
+        WAL size in bytes it saw (frames x page)."""
         with self._ckpt_lock:
             conn = self._ckpt_conn
             if conn is None:
@@ -783,14 +845,14 @@ class Spool:
                 )
                 self._ckpt_conn = conn
                 self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            if not restart:
+            if mode == "PASSIVE":
                 row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             else:
-                # RESTART holds SQLite's writer lock while it copies and waits for readers:
-                # bound that wait, other processes' appends queue behind it.
+                # RESTART and TRUNCATE hold SQLite's writer lock while they copy and wait
+                # for readers: bound that wait, other processes' appends queue behind it.
                 conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
                 try:
-                    row = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
                 finally:
                     conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
         return max(0, int(row[1])) * self._page_size
@@ -799,7 +861,7 @@ class Spool:
         """The RESTART pass, caller holding ``self._lock``; a failure only delays it."""
         self._restart_wanted = False
         try:
-            self._checkpoint_once(restart=True)
+            self._checkpoint_once("RESTART")
         except (sqlite3.Error, SpoolError) as exc:
             log.debug("spool: WAL restart pass failed, retried on the next tick: %s", exc)
 
@@ -831,6 +893,25 @@ class Spool:
                 conn = self._ckpt_conn
                 if conn is not None:
                     self._bytes = self._count_bytes(conn)
+        if self._min_free:
+            self._room_check_at = self._bytes + _ROOM_CHECK_BYTES
+            self._update_room()
+
+    def _update_room(self) -> None:
+        """Re-check the free space; while it is low, give the WAL's space back to the disk
+        once delivery has let every frame be copied back (appends are refused meanwhile,
+        so a drained spool would otherwise keep its WAL's disk space and stay refused)."""
+        with self._ckpt_lock:
+            conn = self._ckpt_conn
+            if conn is None:
+                return
+            self._check_room(conn)
+            if self._room_low:
+                try:
+                    self._checkpoint_once("TRUNCATE")
+                except sqlite3.Error as exc:  # busy: the next tick tries again
+                    log.debug("spool: WAL truncate pass failed: %s", exc)
+                self._check_room(conn)
 
     # ------------------------------------------------------------------ lifecycle
 

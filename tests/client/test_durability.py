@@ -91,6 +91,32 @@ def test_flusher_recovers_by_itself_after_outage(
     assert_exactly_once(server, list(range(40)))
 
 
+@pytest.mark.timeout(120)
+def test_a_spool_that_filled_its_disk_in_an_outage_drains_once_the_server_is_back(
+    server: DevServer, make_client: MakeClient, small_disk: Path
+) -> None:
+    """track() raises SpoolFull before the disk is full, so delivery can still run after."""
+    client = make_client(spool_path=small_disk / "s.sqlite3", on_error=lambda exc: None)
+    server.stop()
+    tracked = 0
+    with pytest.raises(segops.SpoolFull, match="min_free_bytes"):
+        while tracked < 100_000:
+            client.track(user_id="u", event_type="e", payload={"i": tracked, "pad": "y" * 300})
+            tracked += 1
+    server.start()
+    client.flush(timeout=60)
+    assert_exactly_once(server, list(range(tracked)))
+    wait_until(lambda: _tracks(client), timeout=10, interval=0.1)
+
+
+def _tracks(client: segops.SegOpsClient) -> bool:
+    try:
+        client.track(user_id="u", event_type="after")
+    except segops.SpoolFull:
+        return False
+    return True
+
+
 # -- kill -9 -----------------------------------------------------------------------------
 
 TRACKING_CHILD = """

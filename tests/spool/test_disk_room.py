@@ -1,0 +1,88 @@
+"""Appends stop while the disk still has room for delivery (Spool ``min_free_bytes``)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from spool import Spool, SpoolFull
+
+RECORD = b"x" * 8192
+
+
+def fill(sp: Spool) -> tuple[int, SpoolFull]:
+    """Append until SpoolFull; returns how many were stored and the error."""
+    for stored in range(100_000):
+        try:
+            sp.append(RECORD)
+        except SpoolFull as exc:
+            return stored, exc
+    raise AssertionError("a 48 MiB disk took 800 MiB of records")
+
+
+def drain(sp: Spool) -> int:
+    """Claim and ack until nothing is left; returns how many were acked."""
+    acked = 0
+    while batch := sp.claim(500):
+        acked += sp.ack(batch)
+    return acked
+
+
+def test_appends_stop_short_of_a_full_disk(
+    make_spool: Callable[..., Spool], small_disk: Path
+) -> None:
+    """Appends raise SpoolFull naming min_free_bytes while the disk still has that room."""
+    sp = make_spool(small_disk / "s.db")
+    stored, exc = fill(sp)
+    assert stored > 0
+    assert "min_free_bytes" in str(exc)
+    assert shutil.disk_usage(small_disk).free > 16 * 1024 * 1024
+
+
+def test_a_spool_that_filled_its_disk_drains_and_appends_again(
+    make_spool: Callable[..., Spool], small_disk: Path
+) -> None:
+    """Everything stored is claimed and acked; the freed pages then take new appends."""
+    sp = make_spool(small_disk / "s.db")
+    stored, _ = fill(sp)
+    assert drain(sp) == stored
+    sp.checkpoint()
+    deadline = time.monotonic() + 5
+    while True:  # the free space is re-checked a few times a second
+        try:
+            sp.append(RECORD)
+            break
+        except SpoolFull:
+            assert time.monotonic() < deadline, "appends stayed refused after the drain"
+            time.sleep(0.05)
+    assert drain(sp) == 1
+
+
+def test_without_a_reserve_appends_fill_the_disk(
+    make_spool: Callable[..., Spool], small_disk: Path
+) -> None:
+    """min_free_bytes=0 turns the check off: appends go on until SQLite finds the disk full."""
+    sp = make_spool(small_disk / "s.db", min_free_bytes=0)
+    _, exc = fill(sp)
+    assert "disk full" in str(exc)
+    assert shutil.disk_usage(small_disk).free < 1024 * 1024
+
+
+def test_a_nearly_full_disk_refuses_the_first_append(
+    make_spool: Callable[..., Spool], small_disk: Path
+) -> None:
+    """A spool opened with less than min_free_bytes free refuses appends from the start."""
+    sp = make_spool(small_disk / "s.db", min_free_bytes=64 * 1024 * 1024)
+    with pytest.raises(SpoolFull, match="min_free_bytes"):
+        sp.append(b"{}")
+    assert sp.stats().pending == 0
+
+
+def test_min_free_bytes_must_not_be_negative(db_path: Path) -> None:
+    """A negative reserve is a ValueError at construction."""
+    with pytest.raises(ValueError, match="min_free_bytes"):
+        Spool(db_path, min_free_bytes=-1)
