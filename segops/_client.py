@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from ._paths import (
 )
 from ._retry import RetryPolicy
 from ._session import Session
+from ._transport import Transport, as_httpx_transport
 from ._types import Context, Event, UserContext
 
 logger = logging.getLogger("segops")
@@ -149,12 +151,13 @@ class SegOpsClient:
         durability: str = "normal",
         max_spool_bytes: Optional[int] = DEFAULT_MAX_SPOOL_BYTES,
         timeout: float = DEFAULT_TIMEOUT,
-        transport: Optional[httpx.BaseTransport] = None,
+        transport: Union[httpx.BaseTransport, Transport, None] = None,
         gzip: bool = False,
         retry_policy: Optional[RetryPolicy] = None,
         background: bool = True,
     ) -> None:
         _check_settings(api_url, api_key, get_user, batch_size, flush_interval, timeout)
+        http_transport = as_httpx_transport(transport)
         self._api_url = normalize_url(api_url)
         self._api_key = api_key
         self._batch = bool(batch)
@@ -166,7 +169,7 @@ class SegOpsClient:
         self._spool_path = path or default_spool_path(self._api_url, api_key)
         self._spool = _open_spool(self._spool_path, durability, max_spool_bytes)
         self._http = HttpSender(
-            api_url=self._api_url, timeout=timeout, transport=transport, gzip=gzip
+            api_url=self._api_url, timeout=timeout, transport=http_transport, gzip=gzip
         )
         self._session = (
             Session(api_key=api_key, get_user=get_user, http=self._http)
@@ -232,9 +235,9 @@ class SegOpsClient:
         self,
         event: Optional[Union[Event, Dict[str, Any]]] = None,
         *,
-        user_id: Optional[Any] = None,
+        user_id: Union[str, int, None] = None,
         event_type: Optional[str] = None,
-        occurred_at: Optional[Any] = None,
+        occurred_at: Union[str, datetime.datetime, datetime.date, None] = None,
         payload: Optional[Dict[str, Any]] = None,
     ) -> None:
         """Validate the event and commit it to the spool; returns once it is on disk.
@@ -287,7 +290,7 @@ class SegOpsClient:
         self,
         context: Optional[Union[Context, Dict[str, Any]]] = None,
         *,
-        user_id: Optional[Any] = None,
+        user_id: Union[str, int, None] = None,
         traits: Optional[Dict[str, Any]] = None,
     ) -> None:
         """Record user traits as a ``context_identified`` event (durably, like ``track``)."""
@@ -421,6 +424,20 @@ class SegOpsClient:
             # any thread, even one holding the very locks closing the spool takes.
             _RELEASES.put(_retire_job(self._flusher, self._spool, self._http))
 
+    # A client is one shared resource (spool, flusher, HTTP pool): a copy would share them,
+    # and its __del__ would retire them under the original. Copies are the client itself.
+    def __copy__(self) -> SegOpsClient:
+        return self
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> SegOpsClient:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a SegOpsClient cannot be pickled: create one in each process (a client made"
+            " before fork() already works in the child)"
+        )
+
     def __repr__(self) -> str:
         return (
             f"SegOpsClient(api_url={display_url(self._api_url, self._api_key)!r}, "
@@ -518,6 +535,9 @@ class SegOpsClient:
         try:
             self._reserve_send(worker, deadline)
             worker.start()
+        except SegOpsError:  # ClientClosed; a DeliveryError is a RuntimeError too
+            self._send_ended(worker)
+            raise
         except RuntimeError as exc:  # no thread to be had: nothing was sent
             self._send_ended(worker)
             raise DeliveryError(f"could not start a send thread: {exc}") from exc

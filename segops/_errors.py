@@ -27,8 +27,12 @@ class SpoolCorrupt(SpoolError, spool.SpoolCorrupt):
     """The spool file was not a usable database."""
 
 
-class DeliveryError(SegOpsError):
+class DeliveryError(SegOpsError, RuntimeError):
     """The server did not accept a request (after the retries the policy allows).
+
+    A ``RuntimeError`` too, as every delivery failure of the official 0.2.2 client is: code
+    that catches ``RuntimeError`` around ``flush()`` or checks for it in ``on_error`` keeps
+    working.
 
     ``status`` is the HTTP status, or ``None`` when no response arrived.
     ``detail`` is the server's explanation, when it gave one.
@@ -62,7 +66,8 @@ class EventRejected(DeliveryError):
 class EventsSkipped(DeliveryError):
     """A 2xx answer reported ``skipped > 0``: the server dropped events it found invalid."""
 
-    def __init__(self, message: str, *, skipped: int, status: Optional[int] = None) -> None:
+    # Defaults let pickle and copy rebuild it from its message (then restore the fields).
+    def __init__(self, message: str, *, skipped: int = 0, status: Optional[int] = None) -> None:
         super().__init__(message, status=status)
         self.skipped = skipped
 
@@ -70,7 +75,7 @@ class EventsSkipped(DeliveryError):
 class FlushTimeout(DeliveryError):
     """``flush()``/``shutdown()`` ran out of time; undelivered events stay in the spool."""
 
-    def __init__(self, message: str, *, pending: int) -> None:
+    def __init__(self, message: str, *, pending: int = 0) -> None:
         super().__init__(message)
         self.pending = pending
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Dict, Optional, Union
+from typing import Optional, TypedDict, Union
 
 from ._encoding import id_text
 
@@ -22,9 +22,17 @@ def _signature(secret_hex: str, user_id: str, ts: int) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
+class SignedUserId(TypedDict):
+    """What :func:`sign_user_id` returns: the ``UserContext`` fields, typed one by one."""
+
+    user_id: str
+    user_id_sig: str
+    user_id_ts: int
+
+
 def sign_user_id(
     secret_hex: str, user_id: Union[str, int], ts: Optional[int] = None
-) -> Dict[str, Union[str, int]]:
+) -> SignedUserId:
     """Sign ``user_id`` with the public key's HMAC secret.
 
     Returns ``{"user_id", "user_id_sig", "user_id_ts"}``, ready for ``UserContext``. An

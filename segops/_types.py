@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 
 @dataclass
@@ -15,7 +16,7 @@ class Event:
     #: Snake-case event name, e.g. ``"page_viewed"``.
     event_type: str
     #: ISO-8601 timestamp (or a ``datetime``). Defaults to the time of ``track()`` (UTC).
-    occurred_at: Optional[Any] = None
+    occurred_at: Union[str, datetime.datetime, datetime.date, None] = None
     #: Arbitrary JSON-compatible properties.
     payload: Dict[str, Any] = field(default_factory=dict)
     #: Optional anonymous id, sent only when set.
