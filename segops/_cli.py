@@ -427,19 +427,14 @@ def cmd_replay(ns: argparse.Namespace) -> int:
 # -- status ------------------------------------------------------------------------------
 
 
+# One row of ``status --all``: the file, and its status or why it could not be read.
+_StatusRow = Tuple[str, Optional[SpoolStatus], Optional[str]]
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     """``segops status``: one spool, or every spool in the spool directory."""
     if ns.all:
-        folder = default_spool_dir()
-        paths = sorted(folder.glob("*.sqlite3")) if folder.is_dir() else []
-        rows = [spool_status(p) for p in paths]
-        if ns.json:
-            _print_json({"spool_dir": str(folder), "spools": [r.as_json() for r in rows]})
-        elif not rows:
-            _out(f"no spools in {folder}")
-        else:
-            _print_status_table(rows)
-        return 0
+        return _status_all(ns)
     row = spool_status(_spool_path(ns))
     if ns.json:
         _print_json(row.as_json())
@@ -457,19 +452,62 @@ def _print_status(row: SpoolStatus) -> None:
     _out(f"file size     {human_bytes(row.file_bytes)}")
 
 
-def _print_status_table(rows: List[SpoolStatus]) -> None:
-    header = ("PENDING", "LEASED", "DEAD", "OLDEST", "SIZE", "SPOOL")
-    table = [header] + [
-        (
-            f"{r.pending:,}",
-            f"{r.leased:,}",
-            f"{r.dead_letters:,}",
-            human_age(r.oldest_age),
-            human_bytes(r.file_bytes),
-            r.path,
+def _status_all(ns: argparse.Namespace) -> int:
+    """``status --all``: a row per ``*.sqlite3`` file of the spool directory. A file that
+    cannot be read gets a row saying why, the others are still shown, and the exit code is 1
+    once every row is out."""
+    folder = default_spool_dir()
+    paths = sorted(folder.glob("*.sqlite3")) if folder.is_dir() else []
+    rows: List[_StatusRow] = []
+    for path in paths:
+        try:  # read-only, as for one spool: nothing is created, moved or repaired
+            rows.append((str(path), spool_status(path, hint=None), None))
+        except (UsageError, SegOpsError, spool.SpoolError, OSError) as exc:
+            rows.append((str(path), None, _one_line(exc)))
+    if ns.json:
+        _print_json({"spool_dir": str(folder), "spools": [_status_row_json(r) for r in rows]})
+    elif not rows:
+        _out(f"no spools in {folder}")
+    else:
+        _print_status_table(rows)
+    failed = sum(1 for _, _, error in rows if error is not None)
+    if failed:
+        where = '"error"' if ns.json else "ERROR"
+        return _fail(
+            _prog_of(ns),
+            f"{failed} of {len(rows)} file(s) in {folder} could not be read (see {where})",
+            1,
         )
-        for r in rows
-    ]
+    return 0
+
+
+def _status_row_json(row: _StatusRow) -> Dict[str, Any]:
+    path, status, error = row
+    if status is not None:
+        return {**status.as_json(), "error": None}
+    keys = ("pending", "leased", "dead_letters", "oldest_age_seconds", "file_bytes")
+    return {"spool": path, **dict.fromkeys(keys), "error": error}
+
+
+def _print_status_table(rows: List[_StatusRow]) -> None:
+    header: Tuple[str, ...] = ("PENDING", "LEASED", "DEAD", "OLDEST", "SIZE", "SPOOL")
+    errors = any(error is not None for _, _, error in rows)
+    if errors:
+        header += ("ERROR",)
+    table = [header]
+    for path, r, error in rows:
+        if r is None:
+            cells: Tuple[str, ...] = ("-", "-", "-", "-", "-", path)
+        else:
+            cells = (
+                f"{r.pending:,}",
+                f"{r.leased:,}",
+                f"{r.dead_letters:,}",
+                human_age(r.oldest_age),
+                human_bytes(r.file_bytes),
+                r.path,
+            )
+        table.append(cells + ((error or "",) if errors else ()))
     _print_table(table)
 
 

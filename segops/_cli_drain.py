@@ -50,30 +50,35 @@ class SpoolStatus:
         }
 
 
-def require_spool(path: Path) -> None:
-    """Refuse a spool file that does not exist (reading must never create one)."""
+def require_spool(path: Path, hint: Optional[str] = "check --spool") -> None:
+    """Refuse a spool file that does not exist (reading must never create one).
+
+    ``hint`` ends the message of a missing or empty file; ``None`` leaves it out (for a file
+    the user did not name, such as one found by ``status --all``)."""
+    more = f"; {hint}" if hint else ""
     if not path.exists():
-        raise UsageError(f"no spool at {path} (nothing was ever spooled there; check --spool)")
+        raise UsageError(f"no spool at {path} (nothing was ever spooled there{more})")
     if not path.is_file():
         raise UsageError(f"{path} is not a spool file")
     wal = path.with_name(path.name + "-wal")
     if path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
-        raise UsageError(f"{path} is an empty file, not a spool (check --spool)")
+        raise UsageError(f"{path} is an empty file, not a spool" + (f" ({hint})" if hint else ""))
 
 
-def open_spool(path: Path) -> spool.Spool:
+def open_spool(path: Path, hint: Optional[str] = "check --spool") -> spool.Spool:
     """Open an existing spool as it is: a corrupt one raises, it is not moved aside here
     (a command that reads must not swap it for an empty spool and report all clear)."""
-    require_spool(path)
+    require_spool(path, hint)
     try:
         return spool.Spool(path, recover=False)
     except spool.SpoolError as exc:
         raise translate_spool_error(exc) from exc
 
 
-def spool_status(path: Path) -> SpoolStatus:
-    """A snapshot of an existing spool (raises :class:`UsageError` when there is none)."""
-    store = open_spool(path)
+def spool_status(path: Path, hint: Optional[str] = "check --spool") -> SpoolStatus:
+    """A snapshot of an existing spool (raises :class:`UsageError` when there is none;
+    ``hint`` as for :func:`require_spool`)."""
+    store = open_spool(path, hint)
     try:
         stats = store.stats()
     except spool.SpoolError as exc:

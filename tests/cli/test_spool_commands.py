@@ -200,6 +200,98 @@ def test_status_all_lists_every_spool(cli: Runner, spool_dir: Path) -> None:
     assert "a.sqlite3" in table.out and "PENDING" in table.out
 
 
+@pytest.fixture
+def mixed_spool_dir(spool_dir: Path) -> Dict[str, bytes]:
+    """SEGOPS_SPOOL_DIR with two healthy spools, a garbage and an empty *.sqlite3 file;
+    returns the bad files' bytes, to check they stay as they are."""
+    seed(spool_dir / "a.sqlite3", 2)
+    seed(spool_dir / "d.sqlite3", 3)
+    (spool_dir / "b-garbage.sqlite3").write_bytes(bytes(range(256)) * 20)
+    (spool_dir / "c-empty.sqlite3").touch()
+    return {
+        name: (spool_dir / name).read_bytes() for name in ("b-garbage.sqlite3", "c-empty.sqlite3")
+    }
+
+
+def test_status_all_json_reports_unreadable_files(
+    cli: Runner, spool_dir: Path, mixed_spool_dir: Dict[str, bytes]
+) -> None:
+    """status --all --json: a row per file, "error" on the bad ones, exit 1, files untouched."""
+    names = sorted(p.name for p in spool_dir.iterdir())
+    result = cli("status", "--all", "--json")
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err and "--spool" not in result.err
+    assert result.err_lines == [
+        f'segops status: error: 2 of 4 file(s) in {spool_dir} could not be read (see "error")'
+    ]
+    rows = {Path(r["spool"]).name: r for r in result.json()["spools"]}
+    assert sorted(rows) == ["a.sqlite3", "b-garbage.sqlite3", "c-empty.sqlite3", "d.sqlite3"]
+    for name, count in (("a.sqlite3", 2), ("d.sqlite3", 3)):
+        row = rows[name]
+        assert set(row) == {
+            "spool",
+            "pending",
+            "leased",
+            "dead_letters",
+            "oldest_age_seconds",
+            "file_bytes",
+            "error",
+        }
+        assert row["pending"] == count and row["file_bytes"] > 0 and row["error"] is None
+    assert "corrupt" in rows["b-garbage.sqlite3"]["error"]
+    assert rows["c-empty.sqlite3"]["error"].endswith("is an empty file, not a spool")
+    for name in ("b-garbage.sqlite3", "c-empty.sqlite3"):
+        assert set(rows[name]) == set(rows["a.sqlite3"])
+        assert rows[name]["pending"] is None and rows[name]["file_bytes"] is None
+        assert (spool_dir / name).read_bytes() == mixed_spool_dir[name]
+    assert sorted(p.name for p in spool_dir.iterdir()) == names
+
+
+def test_status_all_table_reports_unreadable_files(
+    cli: Runner, spool_dir: Path, mixed_spool_dir: Dict[str, bytes]
+) -> None:
+    """status --all: every healthy spool listed, an ERROR column for the bad files, exit 1."""
+    result = cli("status", "--all")
+    assert result.code == 1, result.err
+    assert result.err_lines == [
+        f"segops status: error: 2 of 4 file(s) in {spool_dir} could not be read (see ERROR)"
+    ]
+    header, *lines = result.out.splitlines()
+    assert header.split() == ["PENDING", "LEASED", "DEAD", "OLDEST", "SIZE", "SPOOL", "ERROR"]
+    at_spool, at_error = header.index("SPOOL"), header.index("ERROR")
+    cells = {
+        Path(line[at_spool:at_error].strip()).name: (line[:at_spool].split(), line[at_error:])
+        for line in lines
+    }
+    assert sorted(cells) == ["a.sqlite3", "b-garbage.sqlite3", "c-empty.sqlite3", "d.sqlite3"]
+    assert cells["a.sqlite3"][0][0] == "2" and cells["d.sqlite3"][0][0] == "3"
+    assert cells["a.sqlite3"][1] == "" and cells["d.sqlite3"][1] == ""
+    assert cells["b-garbage.sqlite3"][0] == ["-"] * 5
+    assert "corrupt" in cells["b-garbage.sqlite3"][1]
+    assert cells["c-empty.sqlite3"][1].endswith("is an empty file, not a spool")
+    assert "--spool" not in result.out + result.err
+    for name, before in mixed_spool_dir.items():
+        assert (spool_dir / name).read_bytes() == before
+
+
+def test_status_all_healthy_spools_have_no_error_column(cli: Runner, spool_dir: Path) -> None:
+    """status --all with only readable spools: no ERROR column, "error": null, exit 0."""
+    seed(spool_dir / "a.sqlite3", 1)
+    table = cli("status", "--all")
+    assert table.code == 0 and table.err == ""
+    assert table.out.splitlines()[0].split() == [
+        "PENDING",
+        "LEASED",
+        "DEAD",
+        "OLDEST",
+        "SIZE",
+        "SPOOL",
+    ]
+    result = cli("status", "--all", "--json")
+    assert result.code == 0
+    assert [r["error"] for r in result.json()["spools"]] == [None]
+
+
 def test_status_all_with_no_spools(cli: Runner, spool_dir: Path) -> None:
     """status --all on an empty/missing spool dir says so and exits 0."""
     result = cli("status", "--all")
