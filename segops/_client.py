@@ -206,7 +206,8 @@ class SegOpsClient:
             self._report(
                 SpoolCorrupt(
                     f"the spool file was not a usable database; it was moved aside to "
-                    f"{self._spool.recovered_from} and a fresh spool was opened"
+                    f"{self._spool.recovered_from} and a fresh spool was opened with the"
+                    f" events that could still be read from it"
                 )
             )
         # Set in a forked child until it starts its own flusher. A flag, not a pid check:

@@ -238,11 +238,14 @@ class Spool:
     """A durable FIFO of opaque records; see the module docstring for the locking model.
 
     If the file at ``path`` is not a usable database it is moved aside to
-    ``<name>.corrupt-<UTC timestamp>`` (never deleted), a fresh spool is created, a
-    warning is logged on the ``"spool"`` logger and :attr:`recovered_from` names the
-    moved file. :class:`SpoolCorrupt` is raised only when that recovery is impossible, or
-    at once with ``recover=False`` (tools that only read must not move files). Another
-    application's SQLite database is refused with :class:`SpoolError`, never modified.
+    ``<name>.corrupt-<UTC timestamp>`` (never deleted), a fresh spool is created with every
+    record and dead letter that can still be read from it, a warning is logged on the
+    ``"spool"`` logger and :attr:`recovered_from` names the moved file. The constructor
+    raises :class:`SpoolCorrupt` only when that recovery is impossible, or at once with
+    ``recover=False`` (tools that only read must not move files). A call that meets damage
+    later raises :class:`SpoolCorrupt` and leaves ``<name>.damaged``, so the next
+    constructor checks the whole file and recovers it if needed. Another application's
+    SQLite database is refused with :class:`SpoolError`, never modified.
     """
 
     recovered_from: Optional[Path]

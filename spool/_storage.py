@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 import filelock
 
 from ._errors import SpoolCorrupt, SpoolError, SpoolFull
+from ._salvage import salvage
 
 log = logging.getLogger("spool")
 
@@ -105,8 +106,26 @@ def translate(exc: BaseException, path: Path, op: str) -> SpoolError:
     if code == _SQLITE_FULL:
         return SpoolFull(f"{op}: disk full for spool {path}: {exc}")
     if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        flag_damage(path)
         return SpoolCorrupt(f"{op}: spool {path} is corrupt: {exc}")
     return SpoolError(f"{op} failed for spool {path}: {exc}")
+
+
+def damage_marker(path: Path) -> Path:
+    """``<db>.damaged``: left by a call that met corruption, for the next open to check."""
+    return path.with_name(path.name + ".damaged")
+
+
+def flag_damage(path: Path) -> None:
+    """Leave the damage marker (0600; best effort, never raises).
+
+    Damage in the middle of the file escapes the cheap probe at open: without the marker
+    every restart would open it normally and every claim would fail again, forever.
+    """
+    try:
+        os.close(os.open(damage_marker(path), os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        log.debug("cannot leave a damage marker for spool %s: %s", path, exc)
 
 
 def prepare_path(path: Path) -> None:
@@ -211,20 +230,26 @@ def coarse_lock(path: Path, timeout: float) -> Iterator[None]:
 
 
 def ensure_schema(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
-    """Create or migrate the schema forward; the common case is one cheap pragma read."""
-    if _user_version(conn) != SCHEMA_VERSION:
+    """Create or migrate the schema forward; the common case is two cheap pragma reads."""
+    if _user_version(conn) != SCHEMA_VERSION or _missing_columns(conn):
         with _schema_change(conn, path, timeout):
-            version = _user_version(conn)
-            if version > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool {path} has schema v{version}, newer than supported v{SCHEMA_VERSION}"
-                )
-            for steps in MIGRATIONS[version:]:
-                for sql in steps:
-                    conn.execute(sql)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    _add_missing_columns(conn, path, timeout)
+            _migrate(conn, path)  # again, under the lock: another process may have done it
     probe(conn)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema up to date (caller holds the coarse lock and a write transaction)."""
+    version = _user_version(conn)
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"spool {path} has schema v{version}, newer than supported v{SCHEMA_VERSION}"
+        )
+    for steps in MIGRATIONS[version:]:
+        for sql in steps:
+            conn.execute(sql)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    for table, column, declaration in _missing_columns(conn):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
@@ -235,27 +260,24 @@ def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
     return [added for added in ADDED_COLUMNS if added[1] not in present[added[0]]]
 
 
-def _add_missing_columns(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
-    """Add the ADDED_COLUMNS a spool lacks (one cheap pragma per open when none is missing)."""
-    if not _missing_columns(conn):
-        return
-    with _schema_change(conn, path, timeout):
-        for table, column, declaration in _missing_columns(conn):  # again, under the lock
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-
-
 @contextlib.contextmanager
 def _schema_change(conn: sqlite3.Connection, path: Path, timeout: float) -> Iterator[None]:
     """One write transaction under the coarse file lock: committed, or rolled back."""
-    with coarse_lock(path, timeout):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    with coarse_lock(path, timeout), _transaction(conn):
+        yield
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -282,7 +304,7 @@ def open_spool(
     if problem is None:
         refuse_foreign_database(path)
         try:
-            return _open_checked(path, busy_timeout, synchronous), None
+            return _open_verified(path, busy_timeout, synchronous, clear_flag=recover), None
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise translate(exc, path, "open") from exc
@@ -364,13 +386,47 @@ def _open_checked(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.
     return conn
 
 
+class _CheckFailed(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found damage: handled like SQLite's own SQLITE_CORRUPT."""
+
+    sqlite_errorcode = _SQLITE_CORRUPT
+
+
+def _open_verified(
+    path: Path, busy_timeout: float, synchronous: str, *, clear_flag: bool
+) -> sqlite3.Connection:
+    """_open_checked, plus a full ``PRAGMA quick_check`` when a damage marker is present.
+
+    The check reads every page, so it runs only when an earlier call met corruption; a
+    clean result removes the marker (unless ``clear_flag`` is false: read-only callers
+    leave everything as it is). Damage raises :class:`_CheckFailed`.
+    """
+    conn = _open_checked(path, busy_timeout, synchronous)
+    marker = damage_marker(path)
+    if not marker.exists():
+        return conn
+    try:
+        found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    except BaseException:
+        conn.close()
+        raise
+    if found != ["ok"]:
+        conn.close()
+        raise _CheckFailed(f"quick_check: {'; '.join(found)}")
+    if clear_flag:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+    return conn
+
+
 def _recover(path: Path, busy_timeout: float, synchronous: str, problem: str) -> Optional[Path]:
-    """Move a corrupt file (and side files) aside under the coarse lock; never delete it."""
+    """Move a corrupt file (and side files) aside under the coarse lock, never deleting it,
+    and start the fresh spool with every record and dead letter still readable in it."""
     with coarse_lock(path, busy_timeout):
         # Another process may have recovered it while we waited for the lock.
         if header_problem(path) is None:
             try:
-                _open_checked(path, busy_timeout, synchronous).close()
+                _open_verified(path, busy_timeout, synchronous, clear_flag=True).close()
                 return None
             except sqlite3.DatabaseError as exc:
                 if not is_corrupt(exc):
@@ -381,11 +437,44 @@ def _recover(path: Path, busy_timeout: float, synchronous: str, problem: str) ->
             raise SpoolCorrupt(
                 f"spool {path} is corrupt ({problem}) and could not be moved aside: {exc}"
             ) from exc
+        with contextlib.suppress(FileNotFoundError):
+            damage_marker(path).unlink()  # it spoke of the file just moved
         prepare_path(path)
-    log.warning(
-        "spool %s was corrupt (%s); moved it to %s and started a fresh spool", path, problem, moved
-    )
+        log.warning(
+            "spool %s was corrupt (%s); moved it to %s and started a fresh spool",
+            path,
+            problem,
+            moved,
+        )
+        # Still under the lock: nobody appends to the fresh file before the salvaged
+        # records (which keep their ids) are in.
+        _start_fresh(path, moved, busy_timeout, synchronous)
     return moved
+
+
+def _start_fresh(path: Path, moved: Path, busy_timeout: float, synchronous: str) -> None:
+    """Create the fresh spool's schema, then copy into it what ``moved`` still holds."""
+    try:
+        conn = connect(path, busy_timeout=busy_timeout, synchronous=synchronous)
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "open after recovery") from exc
+    with contextlib.closing(conn):
+        try:
+            # Committed apart from the copy, so a failed copy still leaves a usable spool
+            # (openers waiting for our lock must not have to create the schema under it).
+            with _transaction(conn):
+                _migrate(conn, path)
+        except sqlite3.Error as exc:
+            raise translate(exc, path, "open after recovery") from exc
+        if header_problem(moved) is not None:
+            return  # not even SQLite's: nothing to read (and SQLite must not touch its -wal)
+        try:
+            with _transaction(conn):
+                summary = salvage(moved, conn)
+        except sqlite3.Error as exc:
+            log.warning("spool %s: nothing could be salvaged from %s: %s", path, moved, exc)
+        else:
+            log.warning("spool %s: %s", path, summary)
 
 
 def _move_aside(path: Path) -> Path:

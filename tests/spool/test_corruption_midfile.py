@@ -1,0 +1,132 @@
+"""Damage in the middle of a spool file: flagged when met, checked and recovered at the next
+open, and every record and dead letter still readable is salvaged into the fresh spool."""
+
+from __future__ import annotations
+
+import logging
+import re
+import stat
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from spool import Spool, SpoolCorrupt
+
+N = 2000
+PAGE = 4096  # SQLite's default page size, which spools use
+
+
+def _data(rid: int) -> bytes:
+    """Record ``rid``'s bytes: ~100 of them, so ~37 records per page, findable in the file."""
+    return f"event-{rid:05d}-".encode() + b"x" * 80
+
+
+def _fill(path: Path) -> None:
+    """A spool holding records 1..N, closed: the last close checkpoints all into the file."""
+    with Spool(path) as sp:
+        assert sp.append_many([_data(i) for i in range(1, N + 1)]) == list(range(1, N + 1))
+
+
+def _page_holding(path: Path, rid: int) -> int:
+    """The 0-based page of the file holding record ``rid``."""
+    return path.read_bytes().index(_data(rid)[:12]) // PAGE
+
+
+def _damage(path: Path, first_page: int, pages: int = 2) -> set[int]:
+    """Overwrite ``pages`` pages with garbage; returns the ids of the records they held."""
+    data = bytearray(path.read_bytes())
+    start, end = first_page * PAGE, (first_page + pages) * PAGE
+    held = {int(m.group(1)) for m in re.finditer(rb"event-(\d{5})-", bytes(data[start:end]))}
+    data[start:end] = b"\xff" * (end - start)
+    path.write_bytes(bytes(data))
+    return held
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".damaged")
+
+
+def _drain(sp: Spool) -> list[int]:
+    """Claim and ack everything, oldest first, checking each record's bytes; the ids."""
+    ids: list[int] = []
+    while (batch := sp.claim(500)) is not None:
+        assert all(r.data == _data(r.id) for r in batch.records)
+        assert sp.ack(batch) == len(batch)
+        ids.extend(batch.ids)
+    return ids
+
+
+@pytest.mark.parametrize(
+    "first_page",
+    [
+        pytest.param(lambda path: 12288 // PAGE, id="reviewer-offset-12288"),
+        pytest.param(lambda path: _page_holding(path, 1000), id="record-pages"),
+    ],
+)
+def test_midfile_damage_is_flagged_then_recovered_with_every_readable_record(
+    db_path: Path, first_page: Callable[[Path], int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A claim that meets mid-file damage leaves the marker; the next open recovers and every
+    record off the damaged pages is claimable again, in order, with its id."""
+    _fill(db_path)
+    lost = _damage(db_path, first_page(db_path))
+    with Spool(db_path) as sp:
+        assert sp.recovered_from is None  # the cheap probe at open cannot see it
+        with pytest.raises(SpoolCorrupt):
+            sp.claim(N)
+    assert stat.S_IMODE(_marker(db_path).stat().st_mode) == 0o600
+
+    with caplog.at_level(logging.WARNING, logger="spool"), Spool(db_path) as sp:
+        moved = sp.recovered_from
+        assert moved is not None and moved.name.startswith("events.db.corrupt-")
+        assert moved.stat().st_size > 0 and not _marker(db_path).exists()
+        ids = _drain(sp)
+        assert ids == [i for i in range(1, N + 1) if i not in lost] and ids
+        assert sp.stats().pending == 0
+        assert sp.append(b"after") == N + 1  # ids keep climbing
+    assert any(f"salvaged {len(ids)} records" in r.getMessage() for r in caplog.records)
+
+
+def test_a_marker_on_a_healthy_file_is_removed_and_nothing_moves(db_path: Path) -> None:
+    """A marker whose quick_check finds nothing wrong is removed; the spool opens in place."""
+    _fill(db_path)
+    _marker(db_path).touch()
+    with Spool(db_path) as sp:
+        assert sp.recovered_from is None
+        assert not _marker(db_path).exists()
+        assert _drain(sp) == list(range(1, N + 1))
+    assert not list(db_path.parent.glob("*.corrupt-*"))
+
+
+def test_recover_false_leaves_a_damaged_file_and_its_marker_alone(db_path: Path) -> None:
+    """recover=False: a flagged, damaged file raises SpoolCorrupt; file and marker stay."""
+    _fill(db_path)
+    _damage(db_path, _page_holding(db_path, 1000))
+    _marker(db_path).touch()
+    before = sorted(p.name for p in db_path.parent.iterdir()), db_path.read_bytes()
+    with pytest.raises(SpoolCorrupt):
+        Spool(db_path, recover=False)
+    assert (sorted(p.name for p in db_path.parent.iterdir()), db_path.read_bytes()) == before
+    assert _marker(db_path).exists()
+
+
+def test_dead_letters_are_salvaged_and_keep_their_ids(db_path: Path) -> None:
+    """Readable dead letters come back whole; later appends and requeues get ids above all
+    the old file handed out (the newest record was dead-lettered: a tombstone held its id)."""
+    _fill(db_path)
+    with Spool(db_path) as sp:
+        batch = sp.claim(N)
+        assert batch is not None
+        assert sp.dead_letter([*batch.records[:3], batch.records[-1]], "refused") == 4
+        sp.release(batch)
+        before = sp.dead_letters()
+    _damage(db_path, _page_holding(db_path, 1000))
+    _marker(db_path).touch()
+    with Spool(db_path) as sp:
+        assert sp.recovered_from is not None
+        assert sp.dead_letters() == before
+        assert [d.id for d in before] == [1, 2, 3, N]
+        assert sp.append(b"new") == N + 1
+        assert sp.requeue_dead([N]) == 1
+        assert sp.last_id() == N + 2
