@@ -1,7 +1,10 @@
-"""The WSGI recipe of docs/frameworks.md under a real gunicorn with --preload.
+"""The WSGI recipe of docs/frameworks.md under a real gunicorn with --preload, in a Flask app
+and in a one-file Django project.
 
 The client is created in the master (preload) and inherited by every worker gunicorn forks,
 including the ones it forks later to replace recycled (--max-requests) or killed workers.
+Django imports the URLconf lazily, on a worker's first request; the views live in the same
+module, so that import finds it loaded already.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from _apps import AppServer, app_env, doc_blocks, free_port, stored_counts, wait
 from segops.devserver import DevServer
 
 pytest.importorskip("gunicorn")
-pytest.importorskip("flask")
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 
@@ -43,14 +45,58 @@ def hit(i):
 """
 
 
-def write_app(tmp_path: Path) -> None:
-    """app.py: the docs' WSGI snippets verbatim, then a Flask app that tracks per request."""
+DJANGO_APP = """
+import os
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.urls import path
+
+MASTER = os.getpid()  # preload: this module is imported once, in the master
+
+settings.configure(
+    DEBUG=False,
+    SECRET_KEY="not-a-secret",
+    ALLOWED_HOSTS=["127.0.0.1"],
+    ROOT_URLCONF=__name__,
+    MIDDLEWARE=[],  # no CSRF middleware: the test POSTs without a token
+    INSTALLED_APPS=[],
+    DATABASES={},
+    USE_TZ=True,
+)
+
+
+def hit(request, i):
+    client.track(user_id=f"u{i}", event_type="hit", payload={"i": i, "pid": os.getpid()})
+    return JsonResponse({"pid": os.getpid(), "master": MASTER})
+
+
+def index(request):
+    return JsonResponse({"ready": True})
+
+
+urlpatterns = [path("", index), path("hit/<int:i>", hit)]
+
+from django.core.wsgi import get_wsgi_application
+
+app = get_wsgi_application()
+"""
+
+
+APPS = {"flask": FLASK_APP, "django": DJANGO_APP}
+
+
+def write_app(tmp_path: Path, framework: str) -> None:
+    """app.py: the docs' WSGI snippets verbatim, then an app that tracks per request."""
     create, close_at_exit = doc_blocks("Django / Flask / any WSGI app")
-    source = "\n".join([create, close_at_exit, textwrap.dedent(FLASK_APP)])
+    source = "\n".join([create, close_at_exit, textwrap.dedent(APPS[framework])])
     (tmp_path / "app.py").write_text(source, encoding="utf-8")
 
 
-@pytest.fixture(params=["sync", "gthread", "gevent"])
+@pytest.fixture(
+    params=[("flask", "sync"), ("flask", "gthread"), ("flask", "gevent"), ("django", "sync")],
+    ids="-".join,
+)
 def gunicorn(
     request: pytest.FixtureRequest, tmp_path: Path, server: DevServer, spool_dir: Path
 ) -> Iterator[AppServer]:
@@ -58,12 +104,14 @@ def gunicorn(
 
     The gevent worker monkey-patches after the fork, long after the master made the client
     (no early patching in a config file): the client must cope with that."""
-    if request.param == "gevent":
+    framework, worker_class = request.param
+    pytest.importorskip(framework)
+    if worker_class == "gevent":
         pytest.importorskip("gevent")
-    write_app(tmp_path)
+    write_app(tmp_path, framework)
     port = free_port()
     argv = [
-        "gunicorn", "--preload", "--workers", "2", "--worker-class", request.param,
+        "gunicorn", "--preload", "--workers", "2", "--worker-class", worker_class,
         "--max-requests", str(MAX_REQUESTS),
         "--graceful-timeout", "20", "--bind", f"127.0.0.1:{port}", "app:app",
     ]  # fmt: skip
