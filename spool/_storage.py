@@ -139,7 +139,9 @@ def prepare_path(path: Path) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
     except OSError as exc:
-        raise SpoolError(f"cannot create spool file {path}: {exc}") from exc
+        # An existing file in a read-only place is not a creation failure: say "open".
+        verb = "open spool file for writing" if path.is_file() else "create spool file"
+        raise SpoolError(f"cannot {verb} {path}: {exc}") from exc
 
 
 def _make_private_dirs(folder: Path) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from spool import Spool, SpoolFull
+from spool import Spool, SpoolError, SpoolFull
 
 RECORD = b"x" * 8192
 
@@ -86,3 +87,14 @@ def test_min_free_bytes_must_not_be_negative(db_path: Path) -> None:
     """A negative reserve is a ValueError at construction."""
     with pytest.raises(ValueError, match="min_free_bytes"):
         Spool(db_path, min_free_bytes=-1)
+
+
+def test_a_spool_on_a_read_only_disk_says_it_cannot_be_opened_for_writing(
+    small_disk: Path,
+) -> None:
+    """An existing spool on a read-only mount: a SpoolError that says "open", not "create"."""
+    Spool(small_disk / "s.db").close()
+    remount = ["mount", "-o", "remount,ro", str(small_disk)]
+    subprocess.run(remount, check=True, capture_output=True)
+    with pytest.raises(SpoolError, match=r"cannot open spool file for writing .*Read-only"):
+        Spool(small_disk / "s.db")
