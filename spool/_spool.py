@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union, cast
 
 from . import _fork, _storage
-from ._errors import SpoolError, SpoolFull
+from ._errors import SpoolCorrupt, SpoolError, SpoolFull
 from ._sync import ReentrantEvent
 from ._types import Batch, DeadLetter, Record, Stats, Status
 
@@ -59,9 +59,9 @@ _RECOUNT_INTERVAL = 0.25
 # by as much. A disk filled to the last byte by appends would let nothing stored leave,
 # even once the server is back. 32 MiB holds a WAL at _WAL_RESTART_BYTES twice over.
 DEFAULT_MIN_FREE_BYTES = 32 * 1024 * 1024
-# Bytes appended in this process after which the checkpointer re-checks the free space
-# ahead of its next tick (large records fill a disk in fewer than _CHECKPOINT_EVERY).
-_ROOM_CHECK_BYTES = 1024 * 1024
+# Record bytes appended in this process after which an append re-checks the free space
+# ahead of the checkpointer's next tick (a statvfs and a pragma: cheap at this spacing).
+_ROOM_CHECK_BYTES = 256 * 1024
 _LEASED = int(Status.LEASED)
 _PENDING = int(Status.PENDING)
 
@@ -226,6 +226,13 @@ def _is_zombie(pid: int) -> bool:
     return state in (b"Z", b"X") and threads == b"1"
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _encode(record: Union[bytes, str]) -> bytes:
     if isinstance(record, str):
         return record.encode("utf-8")
@@ -283,22 +290,56 @@ class Spool:
         self._busy_timeout = float(busy_timeout)
         self._interval = float(checkpoint_interval)
         self._min_free = int(min_free_bytes)
+        # Free space (kept across fork, like _bytes): while _room_low, appends raise
+        # SpoolFull (see DEFAULT_MIN_FREE_BYTES). Appends re-check it once _bytes reaches
+        # _room_check_at (never without a reserve), the checkpointer on every tick.
+        self._room_low = False
+        self._room = -1
+        self._room_checked_at = 0.0
+        self._room_check_at = sys.maxsize
         self._closed = False
         self._reset_process_state()
-        conn, self.recovered_from = _storage.open_spool(
-            self._path, busy_timeout=self._busy_timeout, synchronous=self._sync, recover=recover
-        )
+        # Held until close(): recovery never moves the file from under an open Spool.
+        self._users = _storage.join_users(self._path, self._busy_timeout, create=recover)
+        try:
+            conn = self._open(recover)
+        except BaseException:
+            self._leave_users()
+            raise
         self._conn = conn
         self._check_room(conn)
-        if max_bytes is not None:
-            try:
-                self._bytes = self._count_bytes(conn)
-            except sqlite3.Error as exc:
-                conn.close()
-                raise _storage.translate(exc, self._path, "open") from exc
         if self._min_free:
             self._room_check_at = self._bytes + _ROOM_CHECK_BYTES
         _fork.register(self)
+
+    def _open(self, recover: bool) -> sqlite3.Connection:
+        """Open the file (recovering it if needed) and count its bytes when limited."""
+        for attempt in (1, 2):
+            conn, self.recovered_from = _storage.open_spool(
+                self._path,
+                busy_timeout=self._busy_timeout,
+                synchronous=self._sync,
+                recover=recover,
+                users=self._users,
+            )
+            if self._max_bytes is None:
+                return conn
+            try:
+                self._bytes = self._count_bytes(conn)
+                return conn
+            except sqlite3.Error as exc:
+                conn.close()
+                error = _storage.translate(exc, self._path, "open")  # flags damage
+                # The count reads every record page, the open's cheap probe only a few:
+                # opened again, the damage marker just left makes it check and recover.
+                if attempt == 2 or not recover or not isinstance(error, SpoolCorrupt):
+                    raise error from exc
+        raise AssertionError("unreachable")
+
+    def _leave_users(self) -> None:
+        users, self._users = self._users, None
+        if users is not None:
+            users.close()
 
     def _reset_process_state(self) -> None:
         """Per-process state: fresh locks, no connections, no thread (init and after fork)."""
@@ -326,13 +367,6 @@ class Spool:
         self._bytes = 0
         self._recounted_at = 0.0
         self._since_kick = 0
-        # Free space: _room_low makes appends raise SpoolFull (see DEFAULT_MIN_FREE_BYTES);
-        # the checkpointer re-checks it once _bytes reaches _room_check_at and every tick.
-        self._room_low = False
-        self._room = -1
-        self._room_checked_at = 0.0
-        # Counted from _bytes (0 here): no wake-up on a first append. Never with no reserve.
-        self._room_check_at = _ROOM_CHECK_BYTES if self._min_free else sys.maxsize
         self._page_size = 4096
 
     # ------------------------------------------------------------------ properties
@@ -358,13 +392,16 @@ class Spool:
             cur = self._cursor
             if cur is None:
                 cur = self._activate()
-            self._reserve(len(data))
-            try:
-                cur.execute(_INSERT, (data,))
-            except sqlite3.Error as exc:
-                self._bytes -= len(data)  # not stored after all
-                raise _storage.translate(exc, self._path, "append") from exc
-            rowid: int = cur.lastrowid  # type: ignore[assignment]  # set by every INSERT
+            if self._room_low or self._bytes >= self._room_check_at:
+                rowid = self._append_checking_room(data)
+            else:
+                self._reserve(len(data))
+                try:
+                    cur.execute(_INSERT, (data,))
+                except sqlite3.Error as exc:
+                    self._bytes -= len(data)  # not stored after all
+                    raise _storage.translate(exc, self._path, "append") from exc
+                rowid = cur.lastrowid  # type: ignore[assignment]  # set by every INSERT
             if self._restart_wanted:
                 self._restart_locked()
         # Ids climb by one per append, whichever process appends: waking on multiples
@@ -373,6 +410,34 @@ class Spool:
             self._wake.set()
         return rowid
 
+    def _append_checking_room(self, data: bytes) -> int:
+        """append() with the free space re-checked under SQLite's writer lock. Appenders of
+        other processes queued on that lock all passed their own checks before it; only a
+        check made while holding it sees what they wrote (N processes would otherwise
+        overshoot the reserve by N records, each needing its size twice: WAL and file)."""
+
+        def txn(conn: sqlite3.Connection) -> int:
+            self._refuse_if_room_low()
+            return self._insert_counted(conn, [data])[0]
+
+        return self._write("append", txn)
+
+    def _insert_counted(self, conn: sqlite3.Connection, datas: list[bytes]) -> list[int]:
+        """INSERT inside the caller's transaction, counting the bytes (uncounted on failure:
+        the transaction rolls back)."""
+        total = sum(len(d) for d in datas)
+        self._reserve(total)
+        cur = conn.cursor()
+        ids = []
+        try:
+            for data in datas:
+                cur.execute(_INSERT, (data,))
+                ids.append(cast(int, cur.lastrowid))
+        except BaseException:
+            self._bytes -= total
+            raise
+        return ids
+
     def append_many(self, records: Iterable[Union[bytes, str]]) -> list[int]:
         """Append several records in one transaction; all or none are stored."""
         datas = [_encode(r) for r in records]
@@ -380,18 +445,9 @@ class Spool:
             return []
 
         def txn(conn: sqlite3.Connection) -> list[int]:
-            total = sum(len(d) for d in datas)
-            self._reserve(total)
-            cur = conn.cursor()
-            ids = []
-            try:
-                for data in datas:
-                    cur.execute(_INSERT, (data,))
-                    ids.append(cast(int, cur.lastrowid))
-            except BaseException:
-                self._bytes -= total  # rolled back: none of them is stored
-                raise
-            return ids
+            if self._room_low or self._bytes >= self._room_check_at:
+                self._refuse_if_room_low()  # under SQLite's writer lock: see above
+            return self._insert_counted(conn, datas)
 
         ids = self._write("append_many", txn)
         if ids[-1] // _CHECKPOINT_EVERY != (ids[0] - 1) // _CHECKPOINT_EVERY:
@@ -399,15 +455,9 @@ class Spool:
         return ids
 
     def _reserve(self, nbytes: int) -> None:
-        """Raise SpoolFull if ``nbytes`` more would exceed max_bytes, or the disk is nearly
-        full (caller holds the lock)."""
-        if self._room_low:
-            self._refuse_if_room_low()
+        """Raise SpoolFull if ``nbytes`` more would exceed max_bytes (caller holds the lock)."""
         if self._bytes + nbytes <= self._limit:
             self._bytes += nbytes
-            if self._bytes >= self._room_check_at:
-                self._room_check_at = self._bytes + _ROOM_CHECK_BYTES
-                self._wake.set()
             return
         # The counter may be stale (other processes ack too): recount, but rate-limited
         # so a genuinely full spool doesn't turn every append into a table scan.
@@ -426,8 +476,12 @@ class Spool:
         self._bytes += nbytes
 
     def _refuse_if_room_low(self) -> None:
-        """Re-check a low free space (at most every _RECOUNT_INTERVAL); raise while low."""
-        if time.monotonic() - self._room_checked_at >= _RECOUNT_INTERVAL:
+        """Re-check the free space once _bytes passed _room_check_at (several processes may
+        be appending: waiting for the checkpointer's tick would let each overshoot), and
+        while it is low at most every _RECOUNT_INTERVAL; raise while it is low."""
+        due = self._bytes >= self._room_check_at
+        if due or time.monotonic() - self._room_checked_at >= _RECOUNT_INTERVAL:
+            self._room_check_at = self._bytes + _ROOM_CHECK_BYTES
             self._check_room(cast(sqlite3.Connection, self._conn))
         if self._room_low:
             raise SpoolFull(
@@ -437,14 +491,20 @@ class Spool:
             )
 
     def _check_room(self, conn: sqlite3.Connection) -> None:
-        """Set _room_low from the disk's free space plus the main file's free pages (reused
-        by appends without growing the file). A failed check changes nothing."""
+        """Set _room_low from the disk's free space, plus the main file's free pages (reused
+        by appends without growing the file), minus the WAL's size: a checkpoint may grow
+        the main file by as much as the WAL holds before the WAL can start over (its own
+        space is reused then). A failed check changes nothing."""
         self._room_checked_at = time.monotonic()
         if not self._min_free:
             return
         try:
             free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-            room = shutil.disk_usage(self._path).free + free_pages * self._page_size
+            room = (
+                shutil.disk_usage(self._path).free
+                + free_pages * self._page_size
+                - _file_size(_storage.side_file(self._path, "-wal"))
+            )
         except (OSError, sqlite3.Error) as exc:
             log.debug("spool: free space check failed: %s", exc)
             return
@@ -939,6 +999,7 @@ class Spool:
             thread.join(timeout=max(5.0, self._busy_timeout))
         with self._lock, self._ckpt_lock, self._read_lock:  # the order _background_tick uses
             self._close_connections()
+        self._leave_users()
 
     def _close_connections(self) -> None:
         """Close every connection of this process (caller holds all three locks)."""

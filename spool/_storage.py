@@ -10,11 +10,15 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import IO, Iterator, Optional
 
 import filelock
+
+if sys.platform != "win32":  # Windows has no flock: recovery relies on the coarse lock alone
+    import fcntl
 
 from ._errors import SpoolCorrupt, SpoolError, SpoolFull
 from ._salvage import salvage
@@ -188,6 +192,10 @@ def connect(path: Path, *, busy_timeout: float, synchronous: str) -> sqlite3.Con
         # Checkpoints run on a separate background connection, never on an appender.
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        # Some builds (Debian's) zero every deleted page by default: an ack of large
+        # records then writes as much WAL as it deletes, which a nearly full disk may not
+        # have. FAST zeroes deleted content only on pages written anyway (the file is 0600).
+        conn.execute("PRAGMA secure_delete=FAST")
     except BaseException:
         conn.close()
         raise
@@ -295,12 +303,82 @@ def probe(conn: sqlite3.Connection) -> None:
     conn.execute("SELECT count(*) FROM dead_letters").fetchone()
 
 
+def join_users(path: Path, timeout: float, *, create: bool = True) -> Optional[IO[bytes]]:
+    """Hold a shared ``flock`` on ``<db>.users`` for as long as the returned file stays open
+    (a Spool's lifetime; a forked child shares it). Recovery moves a damaged spool aside
+    only when it can take that lock exclusively, so never from under a process that has
+    the spool open: that process would go on appending to the moved file, unnoticed.
+    Waits (up to ``timeout``) while another process holds it exclusively, i.e. recovers.
+    None where there is no ``flock`` (Windows) or the file cannot be made. ``create=False``
+    (readers that change nothing) only joins a lock file that exists already.
+    """
+    if sys.platform == "win32":
+        return None
+    flags = os.O_RDONLY
+    if create:
+        prepare_path(path)
+        if header_problem(path) is None:
+            refuse_foreign_database(path)  # before leaving a file of ours beside it
+        flags |= os.O_CREAT
+    try:
+        users = os.fdopen(os.open(users_file(path), flags, 0o600), "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.debug("spool %s: no users lock (%s); recovery will not check for users", path, exc)
+        return None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(users.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return users
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                users.close()
+                raise SpoolError(
+                    f"timed out waiting for another process to finish recovering {path}"
+                ) from None
+            time.sleep(0.02)
+
+
+def users_file(path: Path) -> Path:
+    """``<db>.users``: every open Spool holds a shared lock on it (see join_users)."""
+    return path.with_name(path.name + ".users")
+
+
+@contextlib.contextmanager
+def _sole_user(users: Optional[IO[bytes]]) -> Iterator[bool]:
+    """Whether no other open Spool, in any process, has the file; inside, nobody can open
+    it until the block ends (the shared lock is held exclusively)."""
+    if users is None:
+        yield True
+        return
+    try:
+        fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        # flock converts by dropping ours first: take it back (others hold it shared).
+        fcntl.flock(users.fileno(), fcntl.LOCK_SH)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fcntl.flock(users.fileno(), fcntl.LOCK_SH)
+
+
 def open_spool(
-    path: Path, *, busy_timeout: float, synchronous: str, recover: bool = True
+    path: Path,
+    *,
+    busy_timeout: float,
+    synchronous: str,
+    recover: bool = True,
+    users: Optional[IO[bytes]] = None,
 ) -> tuple[sqlite3.Connection, Optional[Path]]:
     """Open (creating/migrating/recovering as needed); returns the connection and the
     path the corrupt file was moved to, if recovery happened. ``recover=False`` raises
-    :class:`SpoolCorrupt` for a corrupt file and leaves it exactly as it is."""
+    :class:`SpoolCorrupt` for a corrupt file and leaves it exactly as it is. ``users`` is
+    the caller's lock from :func:`join_users`: a damaged file that other processes have
+    open is opened as it is (its damage marker kept) and recovered by a later open."""
     prepare_path(path)
     problem = header_problem(path)
     if problem is None:
@@ -313,11 +391,11 @@ def open_spool(
             problem = str(exc)
     if not recover:
         raise SpoolCorrupt(f"spool {path} is corrupt ({problem}); it was left as it is")
-    moved = _recover(path, busy_timeout, synchronous, problem)
+    moved = _recover(path, busy_timeout, synchronous, problem, users)
     try:
         return _open_checked(path, busy_timeout, synchronous), moved
     except sqlite3.Error as exc:
-        raise translate(exc, path, "open after recovery") from exc
+        raise translate(exc, path, "open" if moved is None else "open after recovery") from exc
 
 
 def header_problem(path: Path) -> Optional[str]:
@@ -421,10 +499,25 @@ def _open_verified(
     return conn
 
 
-def _recover(path: Path, busy_timeout: float, synchronous: str, problem: str) -> Optional[Path]:
+def _recover(
+    path: Path,
+    busy_timeout: float,
+    synchronous: str,
+    problem: str,
+    users: Optional[IO[bytes]],
+) -> Optional[Path]:
     """Move a corrupt file (and side files) aside under the coarse lock, never deleting it,
-    and start the fresh spool with every record and dead letter still readable in it."""
-    with coarse_lock(path, busy_timeout):
+    and start the fresh spool with every record and dead letter still readable in it.
+    None when there was nothing to do, or other processes have the file open."""
+    with coarse_lock(path, busy_timeout), _sole_user(users) as alone:
+        if not alone:
+            log.warning(
+                "spool %s is corrupt (%s), but other processes have it open: it is left as"
+                " it is until it is opened while no other process has it",
+                path,
+                problem,
+            )
+            return None
         # Another process may have recovered it while we waited for the lock.
         if header_problem(path) is None:
             try:

@@ -4,6 +4,7 @@ open, and every record and dead letter still readable is salvaged into the fresh
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import re
 import stat
 from pathlib import Path
@@ -130,3 +131,70 @@ def test_dead_letters_are_salvaged_and_keep_their_ids(db_path: Path) -> None:
         assert sp.append(b"new") == N + 1
         assert sp.requeue_dead([N]) == 1
         assert sp.last_id() == N + 2
+
+
+def test_a_damaged_spool_another_open_spool_uses_is_not_moved(db_path: Path) -> None:
+    """An open that finds damage while another Spool has the file open leaves it in place:
+    that Spool's later appends land in the live file, and a later lone open salvages them."""
+    _fill(db_path)
+    lost = _damage(db_path, _page_holding(db_path, 1000))
+    first = Spool(db_path)  # a long-running process's spool: its appends still work
+    with pytest.raises(SpoolCorrupt):
+        first.claim(N)
+    with Spool(db_path) as second:
+        assert second.recovered_from is None
+        assert not list(db_path.parent.glob("*.corrupt-*")) and _marker(db_path).exists()
+    late = first.append(b"appended-after-the-other-open")
+    first.close()
+    with Spool(db_path) as alone:
+        assert alone.recovered_from is not None
+        stored = {}
+        while (batch := alone.claim(500)) is not None:
+            stored.update((r.id, r.data) for r in batch.records)
+            alone.ack(batch)
+    assert stored.pop(late) == b"appended-after-the-other-open"
+    assert sorted(stored) == [i for i in range(1, N + 1) if i not in lost]
+
+
+def test_the_first_open_after_damage_recovers_even_when_it_counts_bytes(db_path: Path) -> None:
+    """With max_bytes the constructor reads every record page; damage found there is
+    recovered at once, not raised (the marker it leaves makes a second open check)."""
+    _fill(db_path)
+    lost = _damage(db_path, _page_holding(db_path, 1000))
+    with Spool(db_path, max_bytes=10**9) as sp:
+        assert sp.recovered_from is not None
+        assert _drain(sp) == [i for i in range(1, N + 1) if i not in lost]
+
+
+def _open_and_append(path: str, worker: int, results: multiprocessing.Queue[object]) -> None:
+    with Spool(path) as sp:
+        results.put([(sp.append(f"w{worker}-{i}".encode()), worker) for i in range(50)])
+
+
+def test_processes_opening_a_flagged_damaged_spool_at_once_lose_nothing(db_path: Path) -> None:
+    """Six processes open a flagged, damaged spool at the same moment and append: at most
+    one recovers, and every append acknowledged by any of them is in the final spool."""
+    _fill(db_path)
+    lost = _damage(db_path, _page_holding(db_path, 1000), pages=3)
+    _marker(db_path).touch()
+    ctx = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[object] = ctx.Queue()
+    procs = [
+        ctx.Process(target=_open_and_append, args=(str(db_path), w, results)) for w in range(6)
+    ]
+    for proc in procs:
+        proc.start()
+    acked = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    with Spool(db_path) as sp:
+        stored = []
+        while (batch := sp.claim(500)) is not None:
+            stored.extend(r.data for r in batch.records)
+            sp.ack(batch)
+    appended = sorted(f"w{w}-{i}".encode() for w in range(6) for i in range(50))
+    assert len(acked) == 6 and sum(len(a) for a in acked) == 300  # type: ignore[arg-type]
+    assert sorted(d for d in stored if d.startswith(b"w")) == appended
+    old = [d for d in stored if not d.startswith(b"w")]
+    assert old == [_data(i) for i in range(1, N + 1) if i not in lost]
