@@ -594,7 +594,9 @@ class SegOpsClient:
         self._http.close()
 
     def _drain_through(self, target: int, deadline: Optional[float]) -> None:
-        while self._spool.pending_through(target) > 0:
+        # Asks "is anything up to target still live", not "how many": a count scans the
+        # whole backlog before every batch. FlushTimeout counts once, for its ``pending``.
+        while self._spool.has_pending_through(target):
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._flush_timeout(target)
             try:

@@ -5,6 +5,11 @@ Concurrency model
 * In-process: one writer connection per Spool, guarded by ``self._lock`` (a plain
   ``threading.Lock``). Threads queue on that lock instead of SQLite's busy handler, which
   sleeps in millisecond steps.
+* Reads (stats, pending_through, last_id, dead_letters, a claim's record bytes) run on a
+  second connection under ``self._read_lock``: a WAL reader never blocks the writer, so
+  appends do not wait for a count over a big backlog. Lock order: ``_lock``,
+  ``_ckpt_lock``, ``_read_lock``; a RESTART pass never waits for our own reader (see
+  ``_restart_locked``).
 * Cross-process: SQLite's own locking; every multi-statement write is ``BEGIN IMMEDIATE``
   and ``busy_timeout`` covers contention. A single-statement ``append`` runs in autocommit,
   which takes the write lock when the statement starts -- the same as BEGIN IMMEDIATE.
@@ -565,18 +570,22 @@ class Spool:
     def _read_range(self, first: int, last: int) -> list[Any]:
         """The live rows of a range this Spool has leased (nobody else deletes them)."""
         with self._read_lock:
-            conn = self._read_conn
             try:
-                if conn is None:
-                    if self._closed:
-                        raise SpoolError(f"spool {self._path} is closed")
-                    conn = _storage.connect(
-                        self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
-                    )
-                    self._read_conn = conn
-                return conn.execute(_RANGE, (first, last)).fetchall()
+                return self._reader().execute(_RANGE, (first, last)).fetchall()
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "claim") from exc
+
+    def _reader(self) -> sqlite3.Connection:
+        """The read connection, opened on first use (caller holds ``self._read_lock``)."""
+        conn = self._read_conn
+        if conn is None:
+            if self._closed:
+                raise SpoolError(f"spool {self._path} is closed")
+            conn = _storage.connect(
+                self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
+            )
+            self._read_conn = conn
+        return conn
 
     def _reclaim(
         self, conn: sqlite3.Connection, owner: str, now: float, until: float
@@ -621,8 +630,8 @@ class Spool:
     def in_use_by_this_thread(self) -> bool:
         """True while the calling thread is inside an operation of this Spool: a signal
         handler that interrupted one (and must not wait for another thread to get in)."""
-        is_owned = getattr(self._lock, "_is_owned", None)  # RLock's, as Condition uses it
-        return bool(is_owned()) if is_owned is not None else False
+        # Reads hold only _read_lock (a claim reads its rows under it too).
+        return _held_here(self._lock) or _held_here(self._read_lock)
 
     def _holder_gone(self, owner: str) -> bool:
         """True when ``owner`` is a process of this machine that surely exited."""
@@ -835,6 +844,19 @@ class Spool:
 
         return self._read("pending_through", read)
 
+    def has_pending_through(self, last_id: int) -> bool:
+        """``pending_through(last_id) > 0`` without counting: cheap on any backlog."""
+
+        def read(conn: sqlite3.Connection) -> bool:
+            # Rows sit in id order and only the tombstone (the top row) has no data, so
+            # this stops at the first or second row it looks at.
+            row = conn.execute(
+                "SELECT 1 FROM records WHERE id <= ? AND data IS NOT NULL LIMIT 1", (last_id,)
+            ).fetchone()
+            return row is not None
+
+        return self._read("has_pending_through", read)
+
     def last_id(self) -> int:
         """Highest id ever assigned in this file (0 when none)."""
 
@@ -922,11 +944,21 @@ class Spool:
 
     def _restart_locked(self) -> None:
         """The RESTART pass, caller holding ``self._lock``; a failure only delays it."""
-        self._restart_wanted = False
+        # Never while our read connection is inside a read (a count over a big backlog can
+        # take 100+ ms): the pass would wait for it, our appenders held back meanwhile. The
+        # flag stays set: the next append, or _read once that read is over, runs it.
+        if not self._read_lock.acquire(blocking=False):
+            return
         try:
+            reader = self._read_conn
+            if reader is not None and reader.in_transaction:
+                return  # this very thread's read, interrupted by a signal handler
+            self._restart_wanted = False
             self._checkpoint_once("RESTART")
         except (sqlite3.Error, SpoolError) as exc:
             log.debug("spool: WAL restart pass failed, retried on the next tick: %s", exc)
+        finally:
+            self._read_lock.release()
 
     def _background_tick(self) -> None:
         # The unlocked pass copies the bulk while appends continue. But SQLite only restarts
@@ -1071,11 +1103,18 @@ class Spool:
             return result
 
     def _read(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one short read transaction (a consistent snapshot)."""
-        with self._lock:
-            conn = self._activate_if_needed()
-            _refuse_nesting(conn, self._path, op)
+        """Run ``fn`` in one read transaction (a consistent snapshot) on the read connection.
+
+        Not under ``self._lock``: a WAL reader never blocks the writer, so appends do not
+        wait for a count over a big backlog (stats, pending_through).
+        """
+        self._restart_if_wanted()
+        with self._read_lock:
+            if self._closed:
+                raise SpoolError(f"spool {self._path} is closed")
             try:
+                conn = self._reader()
+                _refuse_nesting(conn, self._path, op)
                 conn.execute("BEGIN")
                 try:
                     return fn(conn)
@@ -1083,6 +1122,16 @@ class Spool:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, op) from exc
+
+    def _restart_if_wanted(self) -> None:
+        """A RESTART pass held off by reads (see _restart_locked) runs before the next read
+        starts: back-to-back reads would otherwise never leave it a gap, and the WAL would
+        grow without bound. Meanwhile an append may run it (no read holds it off now)."""
+        if not self._restart_wanted or self.in_use_by_this_thread():
+            return  # (the latter: a signal handler interrupted this thread inside the Spool)
+        with self._lock:
+            if self._restart_wanted and not self._closed:
+                self._restart_locked()
 
     # fork hooks (see _fork.py) -------------------------------------------------
 
@@ -1197,6 +1246,12 @@ def _checkpoint_loop(
         except Exception as exc:  # keep the thread alive: the next tick may well succeed
             log.debug("spool checkpoint failed: %s", exc)
         del spool
+
+
+def _held_here(lock: object) -> bool:
+    """True when the calling thread holds ``lock`` (an RLock)."""
+    is_owned = getattr(lock, "_is_owned", None)  # RLock's, as Condition uses it
+    return bool(is_owned()) if is_owned is not None else False
 
 
 def _refuse_nesting(conn: sqlite3.Connection, path: Path, op: str) -> None:

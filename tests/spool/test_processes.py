@@ -204,6 +204,10 @@ def test_spool_keeps_working_in_parent_and_child_after_fork(sp: Spool) -> None:
             rid = sp.append(b"child")
             batch = sp.claim(10)
             ok = batch is not None and batch.ids == (rid,) and sp.ack(batch) == 1
+            # Reads use their own connection, which the parent had open (its claim).
+            stats = sp.stats()
+            ok = ok and (stats.pending, stats.leased) == (0, 1)
+            ok = ok and sp.pending_through(rid) == 1 and sp.has_pending_through(first)
             sp.checkpoint()
             # the child runs its own checkpointer thread (the parent's didn't survive fork)
             ok = ok and any(
@@ -219,7 +223,7 @@ def test_spool_keeps_working_in_parent_and_child_after_fork(sp: Spool) -> None:
     batch = sp.claim(10)
     assert batch is not None and batch.ids == (later,)
     assert sp.ack(batch) == 1
-    assert sp.stats().pending == 0
+    assert sp.stats().pending == 0 and not sp.has_pending_through(sp.last_id())
 
 
 FORK_EXIT = """
