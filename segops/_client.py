@@ -483,7 +483,7 @@ class SegOpsClient:
         """``batch=False``: one inline attempt; what fails stays spooled for the flusher."""
         deadline = time.monotonic() + self._timeout
 
-        def send_fresh() -> None:
+        def send_fresh(detached: bool) -> None:
             # fresh_only: the event just tracked, after any older one no call has tried yet
             # (e.g. tracked while the server's Retry-After held sends back), oldest first;
             # an earlier failure is the flusher's to retry. Bounded: a backlog larger than
@@ -495,6 +495,7 @@ class SegOpsClient:
                     single=True,
                     policy=_SINGLE_ATTEMPT,
                     fresh_only=True,
+                    detached=detached,
                 )
                 if sent == 0 or time.monotonic() >= deadline:
                     return
@@ -508,8 +509,8 @@ class SegOpsClient:
         except SegOpsError as exc:
             self._report(exc)
 
-    def _within(self, deadline: Optional[float], fn: Callable[[], T]) -> T:
-        """``fn()``, or :class:`_Overran` shortly after ``deadline``.
+    def _within(self, deadline: Optional[float], fn: Callable[[bool], T]) -> T:
+        """``fn(detached)``, or :class:`_Overran` shortly after ``deadline``.
 
         With a deadline, ``fn`` runs on a daemon thread: a server that trickles its answer
         a byte at a time (every read within the request timeout) or a ``get_user()`` that
@@ -519,14 +520,20 @@ class SegOpsClient:
         past that, a caller waits for the oldest. Inline when this thread is inside the
         spool already (a signal handler: a worker would wait for it) or is a send itself
         (on_error calling flush()).
+
+        ``detached`` tells ``fn`` where it runs. True on a worker: the caller's wait is
+        bounded here, so each request gets the client's full ``timeout`` and is not cut off
+        at the deadline (a request cut off after the server stored its batch releases the
+        batch, to be sent again); the deadline only decides whether another one starts.
+        False inline: nothing else bounds this thread, so requests end at the deadline.
         """
         if deadline is None or self._spool.in_use_by_this_thread() or self._is_send_thread():
-            return fn()
+            return fn(False)
         outcome: List[Any] = []
 
         def run() -> None:
             try:
-                outcome.append((True, fn()))
+                outcome.append((True, fn(True)))
             except BaseException as exc:
                 outcome.append((False, exc))
             finally:
@@ -601,7 +608,10 @@ class SegOpsClient:
                 raise self._flush_timeout(target)
             try:
                 sent = self._within(
-                    deadline, lambda: self._delivery.deliver_next(deadline=deadline)
+                    deadline,
+                    lambda detached: self._delivery.deliver_next(
+                        deadline=deadline, detached=detached
+                    ),
                 )
             except _Overran:
                 raise self._flush_timeout(target) from None

@@ -94,6 +94,7 @@ class Delivery:
         self._policy = policy
         self._report = report
         self._counters = counters
+        self._request_timeout = request_timeout
         # Long enough for one retry cycle plus its last attempt, whose requests each may take
         # request_timeout: one with an sk_ key; with pk_ up to five (a retiring token, a
         # mint, the post, a re-mint after a 401, the post again). Renewed before each batch
@@ -118,8 +119,15 @@ class Delivery:
         policy: Optional[RetryPolicy] = None,
         min_age: float = 0.0,
         fresh_only: bool = False,
+        detached: bool = False,
     ) -> int:
         """Claim the oldest available batch and deliver it; returns how many records it held.
+
+        ``deadline`` bounds the retry cycle; each request is cut off at it too, unless
+        ``detached``: the caller waits on another thread, which it leaves at the deadline
+        (``SegOpsClient._within``). Then a request gets the full request timeout, and the
+        deadline only decides whether another one starts: a request cut off at the caller's
+        deadline would release a batch the server may still store, to be sent again.
 
         Raises :class:`DeliveryError` (the batch is back in the spool) when it could not be sent.
         """
@@ -137,7 +145,7 @@ class Delivery:
             raise translate_spool_error(exc) from exc
         if batch is None:
             return 0
-        self._deliver(batch, deadline, cancel, policy or self._policy)
+        self._deliver(batch, deadline, cancel, policy or self._policy, detached)
         return len(batch.records)
 
     def retire_token(self, token: Token, boundary: int) -> None:
@@ -174,6 +182,7 @@ class Delivery:
         deadline: Optional[float],
         cancel: Optional[threading.Event],
         policy: RetryPolicy,
+        detached: bool,
     ) -> None:
         todo: List[spool.Batch] = [batch]
         # Reported once every part is acked or released: an on_error that calls flush()
@@ -192,7 +201,7 @@ class Delivery:
                     todo[:1] = list(self._spool.split(current))
                     continue
                 try:
-                    reply = self._send(current, token, deadline, cancel, policy)
+                    reply = self._send(current, token, deadline, cancel, policy, detached)
                 except _Rejected as exc:
                     todo[:1] = self._handle_rejected(current, exc, reports)
                     continue
@@ -272,6 +281,7 @@ class Delivery:
         deadline: Optional[float],
         cancel: Optional[threading.Event],
         policy: RetryPolicy,
+        detached: bool,
     ) -> Reply:
         records = [r.data for r in batch.records]
         # A batch first sent on the single-event endpoint goes there again, with the same
@@ -283,10 +293,20 @@ class Delivery:
             path, body = BATCH_PATH, batch_body(records)
         extra = {"Idempotency-Key": batch.key}
 
+        failures: List[Retryable] = []
+
         def attempt() -> Reply:
-            return self._post_once(path, body, extra, token, deadline)
+            if not detached:
+                return self._post_once(path, body, extra, token, _left(deadline))
+            # Nobody waits past the deadline: no attempt starts after it (not even the
+            # first, nor one for a part of a split batch), but one started runs to its end.
+            if deadline is not None and time.monotonic() >= deadline:
+                # A backoff that slept up to the deadline ends with the failure it waited out.
+                raise failures[-1] if failures else Retryable("no time left to send")
+            return self._post_once(path, body, extra, token, self._request_timeout)
 
         def count_retry(exc: Retryable, wait: float) -> None:
+            failures[:] = [exc]
             self._counters.add(retries=1)
             logger.info("retrying in %.2fs: %s", wait, exc)
 
@@ -309,9 +329,10 @@ class Delivery:
         body: bytes,
         extra: dict[str, str],
         token: object,
-        deadline: Optional[float],
+        timeout: Optional[float],
     ) -> Reply:
-        timeout = None if deadline is None else deadline - time.monotonic()
+        """One attempt: up to five requests with a ``pk_`` key, each within ``timeout``
+        (``None``: the HTTP client's own timeout, and no bound on waiting for a mint)."""
         if isinstance(token, Token):
             reply = self._http.post(path, body, {**extra, **_bearer(token)}, timeout=timeout)
             if reply.status != 401:
@@ -332,6 +353,12 @@ class Delivery:
 
     def _auth(self, token: Optional[Token]) -> dict[str, str]:
         return {"Authorization": f"ApiKey {self._api_key}"} if token is None else _bearer(token)
+
+
+def _left(deadline: Optional[float]) -> Optional[float]:
+    """Seconds until ``deadline`` (negative once it passed; the HTTP layer takes 50 ms at
+    least), or ``None`` for no deadline."""
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def _affordable_wait(policy: RetryPolicy, deadline: Optional[float]) -> float:

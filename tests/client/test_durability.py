@@ -407,6 +407,32 @@ def test_flush_and_shutdown_respect_their_timeout(
     assert spooled(spool_file) == 10
 
 
+@pytest.mark.parametrize("call", ["flush", "shutdown"])
+def test_a_request_left_at_the_callers_deadline_still_acks_its_batch(
+    server: DevServer, make_client: MakeClient, spool_file: Path, call: str
+) -> None:
+    """flush/shutdown(timeout) shorter than the server's answer raise FlushTimeout on time,
+    but the request they leave behind is not cut off at their deadline: it gets its 2xx
+    (within the client's timeout) and acks, so the next sender has nothing to send again."""
+    server.latency_ms = 1500
+    client = make_client(timeout=5.0)
+    for i in range(10):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    started = time.monotonic()
+    with pytest.raises(segops.FlushTimeout):
+        getattr(client, call)(timeout=0.5)
+    assert time.monotonic() - started < 1.2
+    wait_until(lambda: len(server.events()) == 10, timeout=5)  # stored by the first request
+    server.latency_ms = 0
+    # The next sender, on the same spool: it waits for the abandoned request's ack (the
+    # batch stays leased until then) and finds nothing left to send.
+    make_client(settle=False).flush(timeout=5)
+    assert spooled(spool_file) == 0
+    assert_exactly_once(server, list(range(10)))
+    assert len(ingestion(server)) == 1, "the batch was sent again"
+    assert server.stats()["duplicates_dropped"] == 0
+
+
 def test_next_client_sends_what_shutdown_left(
     server: DevServer, make_client: MakeClient, spool_file: Path
 ) -> None:
