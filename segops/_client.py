@@ -899,17 +899,35 @@ def _after_fork_in_child() -> None:
 
 
 def _flush_at_exit() -> None:
-    """Bounded best-effort flush for clients nobody shut down; never blocks exit for long."""
+    """Bounded best-effort flush for clients nobody shut down; never blocks exit for long.
+
+    Every client flushes at once, on a thread of its own, within one shared deadline: a
+    client whose server is down spends the budget on its own retries, not the others'.
+    """
     deadline = time.monotonic() + ATEXIT_TIMEOUT
-    for client in list(_LIVE_CLIENTS):
-        if time.monotonic() >= deadline:
-            # The budget is spent: the rest stay spooled (on disk, durable) and their
-            # daemon threads end with the process; a per-client minimum would add up.
-            logger.warning("segops: exit flush budget spent; undelivered events stay spooled")
-            return
-        if not client._forked:  # an inherited client this child never used stays silent
-            client._exit_flush(deadline)
     _run_queued_releases()  # clients dropped just before exit: their last pass starts now
+    flushes: List[threading.Thread] = []
+    for client in list(_LIVE_CLIENTS):
+        if client._forked:  # an inherited client this child never used stays silent
+            continue
+        flush = threading.Thread(
+            target=client._exit_flush, args=(deadline,), name="segops-exit-flush", daemon=True
+        )
+        try:
+            flush.start()
+        except RuntimeError:  # no thread to be had at exit (3.12.0/1): flush it here
+            client._exit_flush(deadline)
+        else:
+            flushes.append(flush)
+    # Each ends shortly after the deadline on its own (a request still going is left to
+    # its worker, which ends with the process): the grace only covers that last step.
+    # One end for all: a grace per client would add up.
+    end = deadline + _OVERRUN_GRACE + 0.25
+    for flush in flushes:
+        flush.join(max(0.0, end - time.monotonic()))
+    if any(flush.is_alive() for flush in flushes):
+        # Their daemon threads end with the process; what they did not send stays spooled.
+        logger.warning("segops: exit flush budget spent; undelivered events stay spooled")
     for flusher in list(_RETIRING):
         flusher.join(deadline - time.monotonic())
 

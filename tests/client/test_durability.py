@@ -467,6 +467,52 @@ def test_forgotten_client_flushes_at_exit(
     assert spooled(spool_file) == 0
 
 
+ONE_SERVER_DOWN_AT_EXIT = """
+import sys, time
+import segops
+
+down_url, up_url, down_first = sys.argv[1], sys.argv[2], sys.argv[3] == "down_first"
+spools = {"down": sys.argv[4], "up": sys.argv[5]}
+urls = {"down": down_url, "up": up_url}
+order = ["down", "up"] if down_first else ["up", "down"]
+clients = {
+    name: segops.SegOpsClient(
+        urls[name], "sk_dev_secret", spool_path=spools[name], flush_interval=60
+    )
+    for name in order
+}
+time.sleep(0.2)  # the flushers' start-up passes are over: only the exit flush sends these
+for client in clients.values():
+    for i in range(5):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+print("tracked", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("down_first", [True, False], ids=["down_first", "down_second"])
+@pytest.mark.parametrize("where", ["dead_port", "blackhole"])
+def test_a_server_down_at_exit_does_not_starve_other_clients_exit_flush(
+    server: DevServer, blackhole: str, tmp_path: Path, where: str, down_first: bool
+) -> None:
+    """Two forgotten clients, one whose server is down or mute: the other's events are all
+    sent by the exit flush whichever was made first, and the exit still takes ~2 s."""
+    down = f"http://127.0.0.1:{free_port()}" if where == "dead_port" else blackhole
+    down_spool, up_spool = tmp_path / "down.sqlite3", tmp_path / "up.sqlite3"
+    script = write_script(tmp_path, "two.py", ONE_SERVER_DOWN_AT_EXIT)
+    order = "down_first" if down_first else "down_second"
+    elapsed, code, stderr = exit_after_tracking(
+        script, down, server.url, order, str(down_spool), str(up_spool)
+    )
+    assert code == 0, stderr
+    assert elapsed < 3.0, f"the process took {elapsed:.1f}s to exit"
+    assert sorted(payload_ids(server)) == [0, 1, 2, 3, 4]
+    assert spooled(up_spool) == 0
+    assert spooled(down_spool) == 5
+    assert "events left in the spool at exit" in stderr  # the down client's, logged
+    assert "Exception ignored" not in stderr
+
+
 def test_track_never_waits_for_a_mute_server(blackhole: str, spool_file: Path) -> None:
     """batch_size=1 wakes the flusher on every call, yet track() stays fast (no inline send)."""
     client = segops.SegOpsClient(
