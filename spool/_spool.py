@@ -942,12 +942,12 @@ class Spool:
                     conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
         return max(0, int(row[1])) * self._page_size
 
-    def _restart_locked(self) -> None:
+    def _restart_locked(self, *, wait_for_reads: bool = False) -> None:
         """The RESTART pass, caller holding ``self._lock``; a failure only delays it."""
         # Never while our read connection is inside a read (a count over a big backlog can
         # take 100+ ms): the pass would wait for it, our appenders held back meanwhile. The
         # flag stays set: the next append, or _read once that read is over, runs it.
-        if not self._read_lock.acquire(blocking=False):
+        if not self._read_lock.acquire(blocking=wait_for_reads):
             return
         try:
             reader = self._read_conn
@@ -1129,9 +1129,12 @@ class Spool:
         grow without bound. Meanwhile an append may run it (no read holds it off now)."""
         if not self._restart_wanted or self.in_use_by_this_thread():
             return  # (the latter: a signal handler interrupted this thread inside the Spool)
+        # Waiting for the read in progress: with several threads reading back to back, one
+        # of them always holds _read_lock, and a pass that only tried it would never run.
+        # New reads queue on _lock here meanwhile, so the wait is for reads begun already.
         with self._lock:
             if self._restart_wanted and not self._closed:
-                self._restart_locked()
+                self._restart_locked(wait_for_reads=True)
 
     # fork hooks (see _fork.py) -------------------------------------------------
 

@@ -341,6 +341,10 @@ def join_users(path: Path, timeout: float, *, create: bool = True) -> Optional[I
             time.sleep(0.02)
 
 
+# How long recovery waits for other processes to close the spool before leaving it as is.
+_SOLE_USER_WAIT = 1.0
+
+
 def users_file(path: Path) -> Path:
     """``<db>.users``: every open Spool holds a shared lock on it (see join_users)."""
     return path.with_name(path.name + ".users")
@@ -348,18 +352,24 @@ def users_file(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _sole_user(users: Optional[IO[bytes]]) -> Iterator[bool]:
-    """Whether no other open Spool, in any process, has the file; inside, nobody can open
-    it until the block ends (the shared lock is held exclusively)."""
+    """Whether no other open Spool, in any process, has the file (waiting up to
+    _SOLE_USER_WAIT for short users, such as a CLI reading it, to leave); inside, nobody
+    can open it until the block ends (the lock is held exclusively). The caller does not
+    hold the lock shared on entry (see open_spool) and holds it shared after the block."""
     if users is None:
         yield True
         return
-    try:
-        fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        # flock converts by dropping ours first: take it back (others hold it shared).
-        fcntl.flock(users.fileno(), fcntl.LOCK_SH)
-        yield False
-        return
+    deadline = time.monotonic() + _SOLE_USER_WAIT
+    while True:
+        try:
+            fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                fcntl.flock(users.fileno(), fcntl.LOCK_SH)
+                yield False
+                return
+            time.sleep(0.02)
     try:
         yield True
     finally:
@@ -391,10 +401,20 @@ def open_spool(
             problem = str(exc)
     if not recover:
         raise SpoolCorrupt(f"spool {path} is corrupt ({problem}); it was left as it is")
+    if users is not None:
+        # Not a user yet (nothing open): other openers that found the damage too must not
+        # count this one as a process using the file, nor it them. _recover takes it back.
+        fcntl.flock(users.fileno(), fcntl.LOCK_UN)
     moved = _recover(path, busy_timeout, synchronous, problem, users)
     try:
         return _open_checked(path, busy_timeout, synchronous), moved
     except sqlite3.Error as exc:
+        if moved is None and is_corrupt(exc):
+            raise SpoolCorrupt(
+                f"spool {path} is corrupt ({problem}) and other processes have it open, so it"
+                " was left as it is; it is recovered by the first open made while no other"
+                " process has it"
+            ) from exc
         raise translate(exc, path, "open" if moved is None else "open after recovery") from exc
 
 

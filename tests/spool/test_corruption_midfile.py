@@ -7,9 +7,11 @@ import logging
 import multiprocessing
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Callable
 
+import filelock
 import pytest
 
 from spool import Spool, SpoolCorrupt
@@ -198,3 +200,30 @@ def test_processes_opening_a_flagged_damaged_spool_at_once_lose_nothing(db_path:
     assert sorted(d for d in stored if d.startswith(b"w")) == appended
     old = [d for d in stored if not d.startswith(b"w")]
     assert old == [_data(i) for i in range(1, N + 1) if i not in lost]
+
+
+def _open_and_report(path: str, results: multiprocessing.Queue[object]) -> None:
+    try:
+        with Spool(path) as sp:
+            results.put(("ok", str(sp.recovered_from)))
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_processes_finding_a_bad_header_at_once_all_open(db_path: Path) -> None:
+    """Two processes that find a garbage header and queue for the recovery lock: neither
+    counts the other as a user of the file, so the first recovers and both open."""
+    _fill(db_path)
+    db_path.write_bytes(b"\xff" * db_path.stat().st_size)
+    ctx = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[object] = ctx.Queue()
+    with filelock.FileLock(str(db_path) + ".lock"):  # both wait here with the damage found
+        procs = [ctx.Process(target=_open_and_report, args=(str(db_path), results)) for _ in "ab"]
+        for proc in procs:
+            proc.start()
+        time.sleep(1.0)
+    outcomes = sorted(results.get(timeout=60) for _ in procs)  # type: ignore[type-var]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes  # type: ignore[misc]
+    assert len(list(db_path.parent.glob("*.corrupt-*"))) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -91,3 +92,32 @@ def test_has_pending_through_matches_pending_through(sp: Spool) -> None:
     assert tail is not None
     sp.ack(tail)  # the top row becomes the tombstone: not live
     assert not sp.has_pending_through(ids[-1]) and sp.pending_through(ids[-1]) == 0
+
+
+def test_the_wal_stays_bounded_with_several_threads_reading(sp: Spool, db_path: Path) -> None:
+    """Appends in a tight loop beside two threads counting back to back: the WAL restart
+    pass still gets its turn (it waits for the reads in progress), so the WAL stays near
+    its restart size instead of growing for as long as the reads go on."""
+    for _ in range(BACKLOG // 20_000):
+        sp.append_many([RECORD] * 10_000)
+    wal = db_path.with_name(db_path.name + "-wal")
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            sp.stats()
+
+    readers = [threading.Thread(target=count) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    largest, end = 0, time.monotonic() + 4.0
+    try:
+        while time.monotonic() < end:
+            for _ in range(200):
+                sp.append(RECORD)
+            largest = max(largest, wal.stat().st_size)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert largest < 64 * 1024 * 1024, largest  # restarts at 16 MiB of frames
