@@ -546,9 +546,9 @@ class SegOpsClient:
         except SegOpsError:  # ClientClosed; a DeliveryError is a RuntimeError too
             self._send_ended(worker)
             raise
-        except RuntimeError as exc:  # no thread to be had: nothing was sent
+        except RuntimeError:  # no thread to be had (3.12.0/1 at exit): send inline, clamped
             self._send_ended(worker)
-            raise DeliveryError(f"could not start a send thread: {exc}") from exc
+            return fn(False)
         except BaseException:  # e.g. Ctrl-C right here: the slot must not stay taken
             self._send_ended(worker)
             raise
@@ -923,8 +923,12 @@ def _flush_at_exit() -> None:
     # its worker, which ends with the process): the grace only covers that last step.
     # One end for all: a grace per client would add up.
     end = deadline + _OVERRUN_GRACE + 0.25
-    for flush in flushes:
-        flush.join(max(0.0, end - time.monotonic()))
+    try:
+        for flush in flushes:
+            flush.join(max(0.0, end - time.monotonic()))
+    except (SystemExit, KeyboardInterrupt):  # a second signal: stop waiting, quietly
+        logger.warning("segops: exit flush interrupted; undelivered events stay spooled")
+        return
     if any(flush.is_alive() for flush in flushes):
         # Their daemon threads end with the process; what they did not send stays spooled.
         logger.warning("segops: exit flush budget spent; undelivered events stay spooled")

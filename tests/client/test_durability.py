@@ -551,3 +551,74 @@ def test_a_batch_in_flight_is_leased_for_its_slowest_cycle(
     left = lease_left(spool_file)
     longest = FAST.timeout + requests * 2.0 + 5.0
     assert left is not None and longest - 1.0 < left <= longest
+
+
+NO_THREADS_AT_EXIT = """
+import atexit, sys, threading, time
+import segops
+
+client = segops.SegOpsClient(sys.argv[1], "sk_dev_secret", spool_path=sys.argv[2],
+                             flush_interval=60)
+time.sleep(0.2)  # the flusher's start-up pass is over: only the exit flush sends these
+for i in range(5):
+    client.track(user_id="u", event_type="e", payload={"i": i})
+
+
+def no_new_threads(self):  # what Python 3.12.0 and 3.12.1 do once atexit hooks run
+    raise RuntimeError("can't create new thread at interpreter shutdown")
+
+
+# Registered after segops's hook, so it runs first (atexit is last in, first out).
+atexit.register(lambda: setattr(threading.Thread, "start", no_new_threads))
+print("tracked", flush=True)
+"""
+
+
+def test_the_exit_flush_sends_inline_where_no_thread_can_start_at_exit(
+    server: DevServer, spool_file: Path, tmp_path: Path
+) -> None:
+    """Python 3.12.0/3.12.1 refuse new threads at exit: the exit flush then sends on the
+    main thread, within its bound, instead of giving up on every event."""
+    script = write_script(tmp_path, "no_threads.py", NO_THREADS_AT_EXIT)
+    elapsed, code, stderr = exit_after_tracking(script, server.url, str(spool_file))
+    assert code == 0, stderr
+    assert elapsed < 3.0
+    assert sorted(payload_ids(server)) == [0, 1, 2, 3, 4], stderr
+    assert spooled(spool_file) == 0
+
+
+SIGTERM_TWICE = """
+import signal, sys
+import segops
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
+client = segops.SegOpsClient(sys.argv[1], "sk_dev_secret", spool_path=sys.argv[2])
+client.track(user_id="u", event_type="e")
+print("tracked", flush=True)
+signal.pause()  # the first SIGTERM ends this; the second lands in the exit flush
+"""
+
+
+def test_a_second_sigterm_during_the_exit_flush_ends_it_quietly(
+    blackhole: str, spool_file: Path, tmp_path: Path
+) -> None:
+    """A SIGTERM handler calling sys.exit(), signalled again while the exit flush waits on
+    a mute server: the process ends at once, with a warning, not an atexit traceback."""
+    script = write_script(tmp_path, "sigterm_twice.py", SIGTERM_TWICE)
+    proc = start_script(script, blackhole, str(spool_file))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "tracked"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.7)  # inside the exit flush (2 s against a mute server)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - started < 1.0
+    assert proc.returncode == 3
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert "exit flush interrupted" in stderr
+    assert spooled(spool_file) == 1
