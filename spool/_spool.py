@@ -947,7 +947,9 @@ class Spool:
         # Never while our read connection is inside a read (a count over a big backlog can
         # take 100+ ms): the pass would wait for it, our appenders held back meanwhile. The
         # flag stays set: the next append, or _read once that read is over, runs it.
-        if not self._read_lock.acquire(blocking=wait_for_reads):
+        # Bounded even when waiting: the read in progress may be on a thread a signal
+        # handler interrupted to call into this Spool, needing the _lock held here.
+        if not self._read_lock.acquire(timeout=_RESTART_WAIT_MS / 1000 if wait_for_reads else 0):
             return
         try:
             reader = self._read_conn

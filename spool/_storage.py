@@ -352,24 +352,18 @@ def users_file(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _sole_user(users: Optional[IO[bytes]]) -> Iterator[bool]:
-    """Whether no other open Spool, in any process, has the file (waiting up to
-    _SOLE_USER_WAIT for short users, such as a CLI reading it, to leave); inside, nobody
-    can open it until the block ends (the lock is held exclusively). The caller does not
-    hold the lock shared on entry (see open_spool) and holds it shared after the block."""
+    """Whether no other open Spool, in any process, has the file; inside, nobody can open
+    it until the block ends (the lock is held exclusively). The caller does not hold the
+    lock shared on entry (see open_spool) and holds it shared after the block."""
     if users is None:
         yield True
         return
-    deadline = time.monotonic() + _SOLE_USER_WAIT
-    while True:
-        try:
-            fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if time.monotonic() >= deadline:
-                fcntl.flock(users.fileno(), fcntl.LOCK_SH)
-                yield False
-                return
-            time.sleep(0.02)
+    try:
+        fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fcntl.flock(users.fileno(), fcntl.LOCK_SH)
+        yield False
+        return
     try:
         yield True
     finally:
@@ -401,6 +395,8 @@ def open_spool(
             problem = str(exc)
     if not recover:
         raise SpoolCorrupt(f"spool {path} is corrupt ({problem}); it was left as it is")
+    if header_problem(path) is None:
+        flag_damage(path)  # so a concurrent opener can tell it is not recovered yet
     if users is not None:
         # Not a user yet (nothing open): other openers that found the damage too must not
         # count this one as a process using the file, nor it them. _recover takes it back.
@@ -528,42 +524,66 @@ def _recover(
 ) -> Optional[Path]:
     """Move a corrupt file (and side files) aside under the coarse lock, never deleting it,
     and start the fresh spool with every record and dead letter still readable in it.
-    None when there was nothing to do, or other processes have the file open."""
-    with coarse_lock(path, busy_timeout), _sole_user(users) as alone:
-        if not alone:
-            log.warning(
-                "spool %s is corrupt (%s), but other processes have it open: it is left as"
-                " it is until it is opened while no other process has it",
-                path,
-                problem,
-            )
-            return None
-        # Another process may have recovered it while we waited for the lock.
-        if header_problem(path) is None:
-            try:
-                _open_verified(path, busy_timeout, synchronous, clear_flag=True).close()
+    None when there was nothing to do, or other processes have the file open.
+
+    Short users (a CLI reading the spool) get up to _SOLE_USER_WAIT to leave, the coarse
+    lock released between tries: held while waiting, it would make every other opener
+    queue behind this one, a second each, and time out.
+    """
+    deadline = time.monotonic() + _SOLE_USER_WAIT
+    while True:
+        with coarse_lock(path, busy_timeout), _sole_user(users) as alone:
+            if alone:
+                return _recover_alone(path, busy_timeout, synchronous, problem)
+            if _recovered_meanwhile(path):
                 return None
-            except sqlite3.DatabaseError as exc:
-                if not is_corrupt(exc):
-                    raise translate(exc, path, "open") from exc
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "spool %s is corrupt (%s), but other processes have it open: it is left"
+                    " as it is until it is opened while no other process has it",
+                    path,
+                    problem,
+                )
+                return None
+        time.sleep(0.05)
+
+
+def _recovered_meanwhile(path: Path) -> bool:
+    """Another process recovered the file since we found it damaged (a sound header and
+    no damage marker: the fresh file has neither problem)."""
+    return header_problem(path) is None and not damage_marker(path).exists()
+
+
+def _recover_alone(
+    path: Path, busy_timeout: float, synchronous: str, problem: str
+) -> Optional[Path]:
+    """_recover's work, with the coarse lock held and no other process using the file."""
+    # Another process may have recovered it while we waited for the lock.
+    if header_problem(path) is None:
         try:
-            moved = _move_aside(path)
-        except OSError as exc:
-            raise SpoolCorrupt(
-                f"spool {path} is corrupt ({problem}) and could not be moved aside: {exc}"
-            ) from exc
-        with contextlib.suppress(FileNotFoundError):
-            damage_marker(path).unlink()  # it spoke of the file just moved
-        prepare_path(path)
-        log.warning(
-            "spool %s was corrupt (%s); moved it to %s and started a fresh spool",
-            path,
-            problem,
-            moved,
-        )
-        # Still under the lock: nobody appends to the fresh file before the salvaged
-        # records (which keep their ids) are in.
-        _start_fresh(path, moved, busy_timeout, synchronous)
+            _open_verified(path, busy_timeout, synchronous, clear_flag=True).close()
+            return None
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise translate(exc, path, "open") from exc
+    try:
+        moved = _move_aside(path)
+    except OSError as exc:
+        raise SpoolCorrupt(
+            f"spool {path} is corrupt ({problem}) and could not be moved aside: {exc}"
+        ) from exc
+    with contextlib.suppress(FileNotFoundError):
+        damage_marker(path).unlink()  # it spoke of the file just moved
+    prepare_path(path)
+    log.warning(
+        "spool %s was corrupt (%s); moved it to %s and started a fresh spool",
+        path,
+        problem,
+        moved,
+    )
+    # Still under the lock: nobody appends to the fresh file before the salvaged
+    # records (which keep their ids) are in.
+    _start_fresh(path, moved, busy_timeout, synchronous)
     return moved
 
 

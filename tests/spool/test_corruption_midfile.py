@@ -9,7 +9,7 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import filelock
 import pytest
@@ -227,3 +227,44 @@ def test_processes_finding_a_bad_header_at_once_all_open(db_path: Path) -> None:
         proc.join(timeout=30)
     assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes  # type: ignore[misc]
     assert len(list(db_path.parent.glob("*.corrupt-*"))) == 1
+
+
+def _hold_open(path: str, opened: Any, done: Any) -> None:
+    with Spool(path):
+        opened.set()
+        done.wait(60)
+
+
+def _open_quickly(path: str, results: multiprocessing.Queue[object]) -> None:
+    try:
+        with Spool(path, busy_timeout=1.5):
+            results.put("ok")
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_openers_of_a_damaged_spool_another_process_holds_do_not_queue(db_path: Path) -> None:
+    """While a long-lived process has a flagged, damaged spool open, four processes open it
+    at once with busy_timeout=1.5: each waits for the holder on its own, not behind the
+    others' waits under the recovery lock, and all open it as it is."""
+    _fill(db_path)
+    ctx = multiprocessing.get_context("fork")
+    opened, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_open, args=(str(db_path), opened, done))
+    holder.start()
+    try:
+        assert opened.wait(30)
+        _damage(db_path, _page_holding(db_path, 1000))
+        _marker(db_path).touch()
+        results: multiprocessing.Queue[object] = ctx.Queue()
+        procs = [ctx.Process(target=_open_quickly, args=(str(db_path), results)) for _ in "abcd"]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=30)
+    finally:
+        done.set()
+        holder.join(timeout=30)
+    assert outcomes == ["ok"] * 4
+    assert not list(db_path.parent.glob("*.corrupt-*"))

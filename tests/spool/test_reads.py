@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Callable
 
 import pytest
 
+import spool
 from spool import Spool, SpoolError
 
 RECORD = b'{"user_id":"u","event_type":"e","payload":{"pad":"' + b"x" * 100 + b'"}}'
@@ -121,3 +125,59 @@ def test_the_wal_stays_bounded_with_several_threads_reading(sp: Spool, db_path: 
         for reader in readers:
             reader.join()
     assert largest < 64 * 1024 * 1024, largest  # restarts at 16 MiB of frames
+
+
+SIGNAL_DURING_READS = """
+import os, signal, sys, tempfile, threading, time
+import spool
+
+s = spool.Spool(os.path.join(sys.argv[1], "q.db"), checkpoint_interval=3600)
+s.append_many([b"x" * 100] * 50_000)
+stop = False
+handled = [0]
+
+
+def read_with_a_restart_due():  # the checkpointer sets the flag once the WAL is big
+    while not stop:
+        s._restart_wanted = True
+        s.stats()
+
+
+def on_alarm(signum, frame):  # a handler calling into the spool (track(), shutdown())
+    s.append(b"from the handler")
+    handled[0] += 1
+    signal.setitimer(signal.ITIMER_REAL, 0.013)
+
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.013)
+threading.Thread(target=read_with_a_restart_due, daemon=True).start()
+end = time.monotonic() + 3
+while time.monotonic() < end:
+    s.pending_through(s.last_id())  # this thread reads too: the handler interrupts reads
+stop = True
+signal.setitimer(signal.ITIMER_REAL, 0)
+print("handled", handled[0])
+"""
+
+
+def test_a_signal_handler_appending_while_threads_read_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """A thread waiting in the WAL restart pass for a read (holding the writer lock) and a
+    signal handler interrupting that read to append: the pass gives up in time."""
+    script = tmp_path / "signal_reads.py"
+    script.write_text(SIGNAL_DURING_READS)
+    env = {**os.environ, "PYTHONPATH": str(Path(spool.__file__).resolve().parents[1])}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlocked: the handler waited for the writer lock held by the pass")
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) > 10, done.stdout
