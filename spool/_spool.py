@@ -362,6 +362,7 @@ class Spool:
         self._thread = None
         self._wake = ReentrantEvent()
         self._restart_wanted = False  # set by the checkpointer: the next append restarts the WAL
+        self._reads_held = False  # see _restart_if_wanted
         self._stop = ReentrantEvent()
         # Owner tokens start with this, so dead_letter() can tell "leased by me", and name
         # this process, so that claimers can tell when it is gone (see _host_id).
@@ -942,14 +943,14 @@ class Spool:
                     conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
         return max(0, int(row[1])) * self._page_size
 
-    def _restart_locked(self, *, wait_for_reads: bool = False) -> None:
+    def _restart_locked(self) -> None:
         """The RESTART pass, caller holding ``self._lock``; a failure only delays it."""
         # Never while our read connection is inside a read (a count over a big backlog can
         # take 100+ ms): the pass would wait for it, our appenders held back meanwhile. The
         # flag stays set: the next append, or _read once that read is over, runs it.
-        # Bounded even when waiting: the read in progress may be on a thread a signal
-        # handler interrupted to call into this Spool, needing the _lock held here.
-        if not self._read_lock.acquire(timeout=_RESTART_WAIT_MS / 1000 if wait_for_reads else 0):
+        # _reads_held: a thread holds _read_lock only to keep reads out for this pass.
+        took = not self._reads_held
+        if took and not self._read_lock.acquire(blocking=False):
             return
         try:
             reader = self._read_conn
@@ -960,7 +961,8 @@ class Spool:
         except (sqlite3.Error, SpoolError) as exc:
             log.debug("spool: WAL restart pass failed, retried on the next tick: %s", exc)
         finally:
-            self._read_lock.release()
+            if took:
+                self._read_lock.release()
 
     def _background_tick(self) -> None:
         # The unlocked pass copies the bulk while appends continue. But SQLite only restarts
@@ -1131,12 +1133,25 @@ class Spool:
         grow without bound. Meanwhile an append may run it (no read holds it off now)."""
         if not self._restart_wanted or self.in_use_by_this_thread():
             return  # (the latter: a signal handler interrupted this thread inside the Spool)
-        # Waiting for the read in progress: with several threads reading back to back, one
-        # of them always holds _read_lock, and a pass that only tried it would never run.
-        # New reads queue on _lock here meanwhile, so the wait is for reads begun already.
-        with self._lock:
-            if self._restart_wanted and not self._closed:
-                self._restart_locked(wait_for_reads=True)
+        # _read_lock first, waiting for the read in progress however long it takes (with
+        # several threads reading back to back one always holds it, and a pass that only
+        # tried it would never run); new reads queue behind us. Then _lock, against the
+        # usual order, so with a bound: held long, by an append or by a signal handler on
+        # the reading thread, the next read tries again. Never a deadlock, nor appends
+        # held back while we wait.
+        # An appender in a tight loop may keep _lock from us (Python's locks are not fair):
+        # _reads_held lets its own next append run the pass meanwhile.
+        with self._read_lock:
+            self._reads_held = True
+            try:
+                if self._lock.acquire(timeout=_RESTART_WAIT_MS / 1000):
+                    try:
+                        if self._restart_wanted and not self._closed:
+                            self._restart_locked()
+                    finally:
+                        self._lock.release()
+            finally:
+                self._reads_held = False
 
     # fork hooks (see _fork.py) -------------------------------------------------
 

@@ -545,6 +545,9 @@ def _recover(
                     problem,
                 )
                 return None
+        if users is not None:  # (always: without the lock we were alone)
+            # Waiting, not using it: other openers that found the damage must not count us.
+            fcntl.flock(users.fileno(), fcntl.LOCK_UN)
         time.sleep(0.05)
 
 

@@ -171,11 +171,13 @@ def test_the_first_open_after_damage_recovers_even_when_it_counts_bytes(db_path:
 def _open_and_append(path: str, worker: int, results: multiprocessing.Queue[object]) -> None:
     with Spool(path) as sp:
         results.put([(sp.append(f"w{worker}-{i}".encode()), worker) for i in range(50)])
+        time.sleep(1.5)  # a worker stays up: it must not keep the others from recovering
 
 
 def test_processes_opening_a_flagged_damaged_spool_at_once_lose_nothing(db_path: Path) -> None:
-    """Six processes open a flagged, damaged spool at the same moment and append: at most
-    one recovers, and every append acknowledged by any of them is in the final spool."""
+    """Six processes open a flagged, damaged spool at the same moment and append: exactly
+    one recovers (those queued for the recovery do not count as users of the file), and
+    every append acknowledged by any of them is in the final spool."""
     _fill(db_path)
     lost = _damage(db_path, _page_holding(db_path, 1000), pages=3)
     _marker(db_path).touch()
@@ -190,7 +192,10 @@ def test_processes_opening_a_flagged_damaged_spool_at_once_lose_nothing(db_path:
     for proc in procs:
         proc.join(timeout=30)
         assert proc.exitcode == 0
+    moved = [p for p in db_path.parent.glob("*.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert len(moved) == 1  # recovered by one of them, not left to the open below
     with Spool(db_path) as sp:
+        assert sp.recovered_from is None
         stored = []
         while (batch := sp.claim(500)) is not None:
             stored.extend(r.data for r in batch.records)
