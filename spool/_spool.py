@@ -56,6 +56,9 @@ _WAL_RESTART_BYTES = 16 * 1024 * 1024
 # How long the RESTART pass may wait for SQLite's writer lock and for readers to move on;
 # busy, it gives up and the next tick tries again.
 _RESTART_WAIT_MS = 250
+# How long a read waits for a wanted RESTART pass before it starts anyway (longer than a
+# count over a big backlog takes, so two threads reading back to back leave it a gap).
+_READ_GAP_WAIT = 2.0
 # When the in-memory byte counter says "full", re-count from disk at most this often.
 _RECOUNT_INTERVAL = 0.25
 # Appends fail with SpoolFull while less than this is free for the spool (free disk space
@@ -362,7 +365,6 @@ class Spool:
         self._thread = None
         self._wake = ReentrantEvent()
         self._restart_wanted = False  # set by the checkpointer: the next append restarts the WAL
-        self._reads_held = False  # see _restart_if_wanted
         self._stop = ReentrantEvent()
         # Owner tokens start with this, so dead_letter() can tell "leased by me", and name
         # this process, so that claimers can tell when it is gone (see _host_id).
@@ -947,10 +949,8 @@ class Spool:
         """The RESTART pass, caller holding ``self._lock``; a failure only delays it."""
         # Never while our read connection is inside a read (a count over a big backlog can
         # take 100+ ms): the pass would wait for it, our appenders held back meanwhile. The
-        # flag stays set: the next append, or _read once that read is over, runs it.
-        # _reads_held: a thread holds _read_lock only to keep reads out for this pass.
-        took = not self._reads_held
-        if took and not self._read_lock.acquire(blocking=False):
+        # flag stays set: the next append, or a read once that read is over, runs it.
+        if not self._read_lock.acquire(blocking=False):
             return
         try:
             reader = self._read_conn
@@ -961,8 +961,7 @@ class Spool:
         except (sqlite3.Error, SpoolError) as exc:
             log.debug("spool: WAL restart pass failed, retried on the next tick: %s", exc)
         finally:
-            if took:
-                self._read_lock.release()
+            self._read_lock.release()
 
     def _background_tick(self) -> None:
         # The unlocked pass copies the bulk while appends continue. But SQLite only restarts
@@ -1128,30 +1127,25 @@ class Spool:
                 raise _storage.translate(exc, self._path, op) from exc
 
     def _restart_if_wanted(self) -> None:
-        """A RESTART pass held off by reads (see _restart_locked) runs before the next read
-        starts: back-to-back reads would otherwise never leave it a gap, and the WAL would
-        grow without bound. Meanwhile an append may run it (no read holds it off now)."""
+        """Before a read: while a RESTART pass is wanted, give it a gap. The pass needs a
+        moment with none of our reads running (see _restart_locked), and with several
+        threads reading back to back there is none: so a new read waits (up to
+        _READ_GAP_WAIT) for the flag to clear, holding no lock, while the read in progress
+        ends and the next append, the checkpointer or this loop runs the pass. Every lock
+        here is only tried, never waited for: no order to break, nothing for a signal
+        handler to deadlock against."""
         if not self._restart_wanted or self.in_use_by_this_thread():
             return  # (the latter: a signal handler interrupted this thread inside the Spool)
-        # _read_lock first, waiting for the read in progress however long it takes (with
-        # several threads reading back to back one always holds it, and a pass that only
-        # tried it would never run); new reads queue behind us. Then _lock, against the
-        # usual order, so with a bound: held long, by an append or by a signal handler on
-        # the reading thread, the next read tries again. Never a deadlock, nor appends
-        # held back while we wait.
-        # An appender in a tight loop may keep _lock from us (Python's locks are not fair):
-        # _reads_held lets its own next append run the pass meanwhile.
-        with self._read_lock:
-            self._reads_held = True
-            try:
-                if self._lock.acquire(timeout=_RESTART_WAIT_MS / 1000):
-                    try:
-                        if self._restart_wanted and not self._closed:
-                            self._restart_locked()
-                    finally:
-                        self._lock.release()
-            finally:
-                self._reads_held = False
+        deadline = time.monotonic() + _READ_GAP_WAIT
+        while self._restart_wanted and not self._closed and time.monotonic() < deadline:
+            if self._lock.acquire(blocking=False):
+                try:
+                    if self._restart_wanted and not self._closed:
+                        self._restart_locked()
+                finally:
+                    self._lock.release()
+            if self._restart_wanted:
+                time.sleep(0.005)
 
     # fork hooks (see _fork.py) -------------------------------------------------
 

@@ -181,3 +181,52 @@ def test_a_signal_handler_appending_while_threads_read_does_not_deadlock(
         pytest.fail("deadlocked: the handler waited for the writer lock held by the pass")
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) > 10, done.stdout
+
+
+HANDLER_DURING_A_WANTED_PASS = """
+import os, signal, sys, threading, time
+import spool
+
+sp = spool.Spool(os.path.join(sys.argv[1], "s.db"), checkpoint_interval=3600)
+sp.append(b"x")
+handled = []
+signal.signal(signal.SIGALRM, lambda *_: handled.append(sp.append(b"from the handler")))
+
+
+def checkpointer_tick():  # holds _ckpt_lock a while, as a tick does
+    with sp._ckpt_lock:
+        time.sleep(0.1)
+
+
+threading.Thread(target=checkpointer_tick, daemon=True).start()
+threading.Thread(target=sp.close_connections, daemon=True).start()
+time.sleep(0.02)
+sp._restart_wanted = True  # the checkpointer's flag: the WAL passed its restart size
+signal.setitimer(signal.ITIMER_REAL, 0.15)
+sp.stats()  # waits for the pass; the handler lands meanwhile
+time.sleep(0.3)
+print("handled", len(handled))
+"""
+
+
+def test_a_read_waiting_for_the_restart_pass_holds_no_lock_a_handler_needs(
+    tmp_path: Path,
+) -> None:
+    """A read that waits for a wanted RESTART pass, interrupted by a handler that appends
+    while another thread closes the connections: nothing deadlocks (the wait holds no
+    lock; the pass's locks are only tried)."""
+    script = tmp_path / "handler_pass.py"
+    script.write_text(HANDLER_DURING_A_WANTED_PASS)
+    env = {**os.environ, "PYTHONPATH": str(Path(spool.__file__).resolve().parents[1])}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlocked: the handler's append waited on a lock the read held")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["handled", "1"], done.stdout + done.stderr
