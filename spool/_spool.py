@@ -1032,8 +1032,11 @@ class Spool:
             and not self.in_use_by_this_thread()
         ):
             thread.join(timeout=max(5.0, self._busy_timeout))
-        with self._lock, self._ckpt_lock, self._read_lock:  # the order _background_tick uses
+        self._acquire_all()  # the order _background_tick uses
+        try:
             self._close_connections()
+        finally:
+            self._release_all()
         self._leave_users()
 
     def _close_connections(self) -> None:
@@ -1150,15 +1153,29 @@ class Spool:
     # fork hooks (see _fork.py) -------------------------------------------------
 
     def _before_fork(self) -> None:
-        # Same order as close(). Holding the locks, no thread is inside SQLite; closing
-        # here means no connection (and no per-process lock state of SQLite's) reaches
-        # the child. Both sides reopen on first use.
-        self._lock.acquire()
-        self._ckpt_lock.acquire()
-        self._read_lock.acquire()
+        # Holding the locks, no thread is inside SQLite; closing here means no connection
+        # (and no per-process lock state of SQLite's) reaches the child. Both sides reopen
+        # on first use.
+        self._acquire_all()
         self._close_connections()
 
     def _after_fork_parent(self) -> None:
+        self._release_all()
+
+    def _acquire_all(self) -> None:
+        """Take _lock, _ckpt_lock and _read_lock, in that order (close(), fork). _read_lock
+        only with a bound, the others given back between tries: a signal handler on the
+        thread inside a read (holding _read_lock) may need _lock before that read ends."""
+        while True:
+            self._lock.acquire()
+            self._ckpt_lock.acquire()
+            if self._read_lock.acquire(timeout=0.05):
+                return
+            self._ckpt_lock.release()
+            self._lock.release()
+            time.sleep(0.001)
+
+    def _release_all(self) -> None:
         self._read_lock.release()
         self._ckpt_lock.release()
         self._lock.release()

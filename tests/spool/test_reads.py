@@ -209,14 +209,42 @@ print("handled", len(handled))
 """
 
 
-def test_a_read_waiting_for_the_restart_pass_holds_no_lock_a_handler_needs(
-    tmp_path: Path,
+HANDLER_DURING_A_READ = """
+import os, signal, sys, threading, time
+import spool
+
+sp = spool.Spool(os.path.join(sys.argv[1], "s.db"), checkpoint_interval=3600)
+sp.append(b"x")
+handled = []
+signal.signal(signal.SIGALRM, lambda *_: handled.append(sp.append(b"from the handler")))
+
+
+def close_soon():
+    time.sleep(0.05)
+    sp.close_connections()  # holds _lock, then needs _read_lock, held by the read
+
+
+threading.Thread(target=close_soon, daemon=True).start()
+signal.setitimer(signal.ITIMER_REAL, 0.15)
+sp._read("slow read", lambda conn: time.sleep(0.3))  # a long count, in effect
+time.sleep(0.3)
+print("handled", len(handled))
+"""
+
+
+@pytest.mark.parametrize(
+    "source",
+    [HANDLER_DURING_A_WANTED_PASS, HANDLER_DURING_A_READ],
+    ids=["read-waiting-for-the-pass", "inside-a-read"],
+)
+def test_a_signal_handler_appending_during_a_read_never_deadlocks_a_closer(
+    tmp_path: Path, source: str
 ) -> None:
-    """A read that waits for a wanted RESTART pass, interrupted by a handler that appends
-    while another thread closes the connections: nothing deadlocks (the wait holds no
-    lock; the pass's locks are only tried)."""
+    """A handler that appends, interrupting a read (or a read waiting for a wanted RESTART
+    pass), while another thread closes the connections: nothing deadlocks (a read's wait
+    holds no lock, and closing gives _lock back while the read holds _read_lock)."""
     script = tmp_path / "handler_pass.py"
-    script.write_text(HANDLER_DURING_A_WANTED_PASS)
+    script.write_text(source)
     env = {**os.environ, "PYTHONPATH": str(Path(spool.__file__).resolve().parents[1])}
     try:
         done = subprocess.run(
