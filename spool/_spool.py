@@ -582,13 +582,15 @@ class Spool:
         """The read connection, opened on first use (caller holds ``self._read_lock``)."""
         conn = self._read_conn
         if conn is None:
-            if self._closed:
-                raise SpoolError(f"spool {self._path} is closed")
-            conn = _storage.connect(
-                self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
-            )
-            self._read_conn = conn
+            conn = self._read_conn = self._side_connection()
         return conn
+
+    def _side_connection(self) -> sqlite3.Connection:
+        """A new connection beside the writer (the reader's, the checkpointer's); refused
+        once the spool is closed."""
+        if self._closed:
+            raise SpoolError(f"spool {self._path} is closed")
+        return _storage.connect(self._path, busy_timeout=self._busy_timeout, synchronous=self._sync)
 
     def _reclaim(
         self, conn: sqlite3.Connection, owner: str, now: float, until: float
@@ -926,12 +928,7 @@ class Spool:
         with self._ckpt_lock:
             conn = self._ckpt_conn
             if conn is None:
-                if self._closed:
-                    raise SpoolError(f"spool {self._path} is closed")
-                conn = _storage.connect(
-                    self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
-                )
-                self._ckpt_conn = conn
+                conn = self._ckpt_conn = self._side_connection()
                 self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             if mode == "PASSIVE":
                 row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()

@@ -161,26 +161,38 @@ print("handled", handled[0])
 """
 
 
-def test_a_signal_handler_appending_while_threads_read_does_not_deadlock(
-    tmp_path: Path,
-) -> None:
-    """A thread waiting in the WAL restart pass for a read (holding the writer lock) and a
-    signal handler interrupting that read to append: the pass gives up in time."""
-    script = tmp_path / "signal_reads.py"
-    script.write_text(SIGNAL_DURING_READS)
+def _run_child(tmp_path: Path, source: str, timeout: float, on_hang: str) -> str:
+    """Run ``source`` with this checkout's spool and ``tmp_path`` as its argument; its
+    stdout. A child still running after ``timeout`` seconds fails the test (``on_hang``)."""
+    script = tmp_path / "child.py"
+    script.write_text(source)
     env = {**os.environ, "PYTHONPATH": str(Path(spool.__file__).resolve().parents[1])}
     try:
         done = subprocess.run(
             [sys.executable, str(script), str(tmp_path)],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=timeout,
             env=env,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail("deadlocked: the handler waited for the writer lock held by the pass")
+        pytest.fail(on_hang)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.split()[-1]) > 10, done.stdout
+    return done.stdout
+
+
+def test_a_signal_handler_appending_while_threads_read_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """Threads reading while a WAL restart pass is wanted, and a signal handler
+    interrupting a read to append: the pass gets its gap, and nothing deadlocks."""
+    stdout = _run_child(
+        tmp_path,
+        SIGNAL_DURING_READS,
+        timeout=30,
+        on_hang="deadlocked: the handler waited for a lock the restart pass held",
+    )
+    assert int(stdout.split()[-1]) > 10, stdout
 
 
 HANDLER_DURING_A_WANTED_PASS = """
@@ -243,18 +255,10 @@ def test_a_signal_handler_appending_during_a_read_never_deadlocks_a_closer(
     """A handler that appends, interrupting a read (or a read waiting for a wanted RESTART
     pass), while another thread closes the connections: nothing deadlocks (a read's wait
     holds no lock, and closing gives _lock back while the read holds _read_lock)."""
-    script = tmp_path / "handler_pass.py"
-    script.write_text(source)
-    env = {**os.environ, "PYTHONPATH": str(Path(spool.__file__).resolve().parents[1])}
-    try:
-        done = subprocess.run(
-            [sys.executable, str(script), str(tmp_path)],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("deadlocked: the handler's append waited on a lock the read held")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["handled", "1"], done.stdout + done.stderr
+    stdout = _run_child(
+        tmp_path,
+        source,
+        timeout=20,
+        on_hang="deadlocked: the handler's append waited on a lock the read held",
+    )
+    assert stdout.split() == ["handled", "1"], stdout
