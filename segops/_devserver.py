@@ -148,19 +148,19 @@ def parse_iso8601(text: str) -> Optional[datetime]:
     m = _ISO_RE.match(text)
     if m is None:
         return None
-    year, month, day, hour, minute = (int(m.group(i)) for i in range(1, 6))
-    second = int(m.group(6) or 0)
-    frac = m.group(7) or ""
+    year, month, day, hour, minute, second, frac, _, sign, off_h, off_m = m.groups()
     micro = int((frac + "000000")[:6]) if frac else 0
     tz = timezone.utc
-    if m.group(9):
-        oh, om = int(m.group(10)), int(m.group(11))
+    if sign:
+        oh, om = int(off_h), int(off_m)
         if oh > 23 or om > 59:
             return None
         delta = timedelta(hours=oh, minutes=om)
-        tz = timezone(-delta if m.group(9) == "-" else delta)
+        tz = timezone(-delta if sign == "-" else delta)
     try:
-        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micro, tz
+        )
     except ValueError:
         return None
 
@@ -196,7 +196,10 @@ def _loads(body: bytes) -> Json:
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
     # json.loads turns a "\udcff" escape into half a UTF-16 pair, which no UTF-8 store
-    # can hold: refuse the body as a strict parser would, instead of failing later.
+    # can hold: refuse the body as a strict parser would, instead of failing later. Only
+    # a \u escape can make one (the body decoded as UTF-8): skip the re-encoding otherwise.
+    if b"\\u" not in body:
+        return parsed
     try:
         json.dumps(parsed, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -162,6 +162,27 @@ def test_garbage_bodies_are_400_detail(api: Api, srv: DevServer, raw: bytes, pat
     assert api.batch([event()]).status_code == 200  # still serving
 
 
+@pytest.mark.parametrize(
+    ("raw_value", "stored"),
+    [("\\ud83d\\ude00", "\U0001f600"), ("\\u00e9t\\u00e9", "\u00e9t\u00e9"), ("plain", "plain")],
+)
+def test_unicode_escapes_accepted(api: Api, srv: DevServer, raw_value: str, stored: str) -> None:
+    """A surrogate pair and other \\u escapes are valid JSON: stored as the characters."""
+    one = json.dumps(event(payload={"v": "@"})).replace('"@"', f'"{raw_value}"')
+    body = '{"events": [' + one + "]}"
+    assert api.post(BATCH, raw=body.encode()).json() == {"queued": 1, "skipped": 0}
+    assert srv.events()[0]["payload"] == {"v": stored}
+
+
+@pytest.mark.parametrize(
+    "stamp", ["2026-11-26T04:16:56+24:00", "2026-11-26T04:16:56+05:60", "2026-02-30T04:16Z"]
+)
+def test_occurred_at_out_of_range_refused(api: Api, srv: DevServer, stamp: str) -> None:
+    """An offset past 23:59 or a day the month lacks is not a date-time: skipped, not stored."""
+    assert api.batch([event(occurred_at=stamp)]).json() == {"queued": 0, "skipped": 1}
+    assert srv.events() == []
+
+
 def test_gzip_body_accepted(api: Api, srv: DevServer) -> None:
     """Content-Encoding: gzip bodies are decompressed; the request log keeps the plain body."""
     body = {"events": [event(), event(user_id="u-2")]}
