@@ -355,9 +355,11 @@ class SegOpsClient:
         """
         if self._session is None:
             return
-        token = self._session.take()
-        if token is not None and token.fresh(time.time(), 0.0):
-            self._delivery.retire_token(token, self._spool.last_id())
+        try:
+            boundary: Optional[int] = self._spool.last_id()
+        except spool.SpoolError:  # closed (after shutdown()) or broken: nothing to keep apart
+            boundary = None
+        self._session.reset(boundary)
 
     def stats(self) -> ClientStats:
         """Pending, in-flight and dead-lettered events on the spool; this client's counters.
@@ -477,10 +479,14 @@ class SegOpsClient:
             self._spool.append_many(records)
         except spool.SpoolError as exc:
             raise self._spool_failure(exc) from exc
-        self._flusher.wake()
+        if self._batch:
+            self._flusher.wake()
+        elif not self._report.reporting_here():  # as in _commit
+            self._send_now(len(records))
 
-    def _send_now(self) -> None:
-        """``batch=False``: one inline attempt; what fails stays spooled for the flusher."""
+    def _send_now(self, count: int = 1) -> None:
+        """``batch=False``: one inline attempt for the ``count`` events just tracked (within
+        one ``timeout`` in all); what fails stays spooled for the flusher."""
         deadline = time.monotonic() + self._timeout
 
         def send_fresh(detached: bool) -> None:
@@ -488,7 +494,7 @@ class SegOpsClient:
             # (e.g. tracked while the server's Retry-After held sends back), oldest first;
             # an earlier failure is the flusher's to retry. Bounded: a backlog larger than
             # this goes out over the next calls, or with the flusher.
-            for _ in range(_INLINE_SENDS):
+            for _ in range(count + _INLINE_SENDS - 1):
                 sent = self._delivery.deliver_next(
                     deadline=deadline,
                     max_records=1,

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 import spool
 
@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._http import BATCH_PATH, SINGLE_PATH, HttpSender, Reply
 from ._retry import RETRY_AFTER_CAP, Retryable, RetryPolicy, call_with_retries
-from ._session import Session, Token
+from ._session import RETIRING_SKEW, Session, Token
 
 logger = logging.getLogger("segops")
 
@@ -37,8 +37,6 @@ MAX_BATCH_BYTES = 5 * 1024 * 1024
 #: Tag of a spool batch claimed for the single-event endpoint (``batch=False``): its
 #: retries go to the same endpoint under the same Idempotency-Key.
 SINGLE_TAG = "single"
-#: How long a retiring session token (``reset_session``) may still be used before it expires.
-RETIRING_SKEW = 5.0
 #: Requests one pk_ attempt can make (see ``Delivery._post_once``): its lease must cover them.
 _MAX_PK_REQUESTS_PER_ATTEMPT = 5
 
@@ -101,7 +99,6 @@ class Delivery:
         # of a split. Short otherwise: a sender that dies holds its batch this long.
         requests_per_attempt = 1 if session is None else _MAX_PK_REQUESTS_PER_ATTEMPT
         self._lease = policy.timeout + requests_per_attempt * request_timeout + 5.0
-        self._retiring: Optional[Tuple[Token, int]] = None
         # A Retry-After that outlived its cycle: no sender of this client (flusher, flush(),
         # shutdown(), batch=False) posts before this monotonic time. The status is the refusal's.
         self._hold_until = 0.0
@@ -148,10 +145,6 @@ class Delivery:
         self._deliver(batch, deadline, cancel, policy or self._policy, detached)
         return len(batch.records)
 
-    def retire_token(self, token: Token, boundary: int) -> None:
-        """After ``reset_session``: records up to ``boundary`` still go under ``token``."""
-        self._retiring = (token, boundary)
-
     # -- the server's Retry-After ---------------------------------------------------------
 
     def _wait_out_retry_after(
@@ -196,12 +189,11 @@ class Delivery:
                     todo.pop(0)  # our lease lapsed and someone else owns these rows now
                     continue
                 first = False
-                token = self._token_for(current)
-                if token == "split":
+                if self._token_for(current) == "split":  # tracked under two identities
                     todo[:1] = list(self._spool.split(current))
                     continue
                 try:
-                    reply = self._send(current, token, deadline, cancel, policy, detached)
+                    reply = self._send(current, deadline, cancel, policy, detached)
                 except _Rejected as exc:
                     todo[:1] = self._handle_rejected(current, exc, reports)
                     continue
@@ -218,19 +210,11 @@ class Delivery:
                 self._report(report)
 
     def _token_for(self, batch: spool.Batch) -> object:
-        """``None`` (current identity), a retiring :class:`Token`, or ``"split"``."""
-        if self._retiring is None:
+        """``None`` (current identity), the retired :class:`Token` of the identity the
+        records were tracked under (``reset_session``), or ``"split"``."""
+        if self._session is None:
             return None
-        token, boundary = self._retiring
-        if not token.fresh(time.time(), RETIRING_SKEW):
-            self._retiring = None
-            return None
-        first, last = batch.records[0].id, batch.records[-1].id
-        if last <= boundary:
-            return token
-        if first <= boundary and len(batch.records) > 1:
-            return "split"
-        return None
+        return self._session.retired_token(batch.records[0].id, batch.records[-1].id)
 
     def _handle_rejected(
         self, batch: spool.Batch, exc: _Rejected, reports: List[SegOpsError]
@@ -277,7 +261,6 @@ class Delivery:
     def _send(
         self,
         batch: spool.Batch,
-        token: object,
         deadline: Optional[float],
         cancel: Optional[threading.Event],
         policy: RetryPolicy,
@@ -294,16 +277,20 @@ class Delivery:
         extra = {"Idempotency-Key": batch.key}
 
         failures: List[Retryable] = []
+        # The session token an earlier attempt used: the identity the records were tracked
+        # under. A reset_session() between two attempts must not send them under the next.
+        pinned: List[Token] = []
 
         def attempt() -> Reply:
+            token = self._attempt_token(batch, pinned)
             if not detached:
-                return self._post_once(path, body, extra, token, _left(deadline))
+                return self._post_once(path, body, extra, token, pinned, _left(deadline))
             # Nobody waits past the deadline: no attempt starts after it (not even the
             # first, nor one for a part of a split batch), but one started runs to its end.
             if deadline is not None and time.monotonic() >= deadline:
                 # A backoff that slept up to the deadline ends with the failure it waited out.
                 raise failures[-1] if failures else Retryable("no time left to send")
-            return self._post_once(path, body, extra, token, self._request_timeout)
+            return self._post_once(path, body, extra, token, pinned, self._request_timeout)
 
         def count_retry(exc: Retryable, wait: float) -> None:
             failures[:] = [exc]
@@ -323,30 +310,50 @@ class Delivery:
                 f"delivery failed after retries: {exc}", status=exc.status, retry_after=hint
             ) from exc
 
+    def _attempt_token(self, batch: spool.Batch, pinned: List[Token]) -> Optional[Token]:
+        """The token for this attempt: the retired one of the records' identity, else the
+        one an earlier attempt used while it lasts, else ``None`` (the current session)."""
+        retired = self._token_for(batch)
+        if isinstance(retired, Token):
+            return retired
+        if pinned and pinned[0].fresh(time.time(), RETIRING_SKEW):
+            return pinned[0]
+        return None
+
     def _post_once(
         self,
         path: str,
         body: bytes,
         extra: dict[str, str],
-        token: object,
+        token: Optional[Token],
+        pinned: List[Token],
         timeout: Optional[float],
     ) -> Reply:
         """One attempt: up to five requests with a ``pk_`` key, each within ``timeout``
         (``None``: the HTTP client's own timeout, and no bound on waiting for a mint)."""
-        if isinstance(token, Token):
+        if token is not None:
             reply = self._http.post(path, body, {**extra, **_bearer(token)}, timeout=timeout)
             if reply.status != 401:
                 return _classify(reply)
-            self._retiring = None  # the old identity is gone; send under the current one
-        session_token = self._session_token(timeout)
+            # That identity's token is gone: send under the current one.
+            pinned.clear()
+            if self._session is not None:
+                self._session.forget_retired(token)
+                self._session.invalidate(token)
+        session_token = self._pin(self._session_token(timeout), pinned)
         reply = self._http.post(path, body, {**extra, **self._auth(session_token)}, timeout=timeout)
         if reply.status == 401 and session_token is not None and self._session is not None:
             self._session.invalidate(session_token)
-            session_token = self._session_token(timeout)
+            session_token = self._pin(self._session_token(timeout), pinned)
             reply = self._http.post(
                 path, body, {**extra, **self._auth(session_token)}, timeout=timeout
             )
         return _classify(reply)
+
+    @staticmethod
+    def _pin(token: Optional[Token], pinned: List[Token]) -> Optional[Token]:
+        pinned[:] = [] if token is None else [token]
+        return token
 
     def _session_token(self, timeout: Optional[float]) -> Optional[Token]:
         return None if self._session is None else self._session.current(timeout=timeout)

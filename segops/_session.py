@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._encoding import parse_iso8601
 from ._errors import AuthError, DeliveryError
@@ -16,6 +16,8 @@ from ._types import UserContext
 
 #: A token is replaced this long before it expires.
 REFRESH_SKEW = 60.0
+#: How long a retired session token (``reset_session``) may still be used before it expires.
+RETIRING_SKEW = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,12 @@ class Session:
         self._lock = threading.Lock()
         self._mint_lock = threading.Lock()
         self._token: Optional[Token] = None
-        # Bumped by take() (reset_session): a mint that began under an older generation read
+        # Bumped by reset() (reset_session): a mint that began under an older generation read
         # get_user() before the reset, so its token must not be cached for later requests.
         self._generation = 0
+        # One entry per reset_session(), oldest first: (the token of the identity it ended,
+        # or None once that token is unusable; the last record id tracked under it).
+        self._retired: List[Tuple[Optional[Token], int]] = []
 
     def after_fork(self) -> None:
         """Locks held by another thread at fork time would never be released in the child."""
@@ -82,12 +87,38 @@ class Session:
             if token is None or self._token is token:
                 self._token = None
 
-    def take(self) -> Optional[Token]:
-        """Remove and return the cached token (``reset_session``)."""
+    def reset(self, boundary: Optional[int]) -> None:
+        """``reset_session``: drop the cached token; records up to ``boundary`` (the last id
+        tracked so far; ``None`` when unknown) keep being sent under it while it is valid."""
         with self._lock:
             token, self._token = self._token, None
             self._generation += 1
-            return token
+            if boundary is None:
+                return
+            if token is not None and not token.fresh(time.time(), RETIRING_SKEW):
+                token = None
+            # Even without a token: its records must not go under a later identity's one.
+            self._retired.append((token, boundary))
+            self._retired = _compacted(self._retired)
+
+    def retired_token(self, first: int, last: int) -> Union[Token, str, None]:
+        """The token for records ``first``..``last``: the retired token of the identity
+        they were tracked under, ``None`` for the current one (also when that token is
+        gone), or ``"split"`` when they span two identities."""
+        with self._lock:
+            now = time.time()
+            self._retired = _compacted(
+                [(t if t and t.fresh(now, RETIRING_SKEW) else None, b) for t, b in self._retired]
+            )
+            for token, boundary in self._retired:
+                if first <= boundary:
+                    return token if last <= boundary else "split"
+        return None
+
+    def forget_retired(self, token: Token) -> None:
+        """The server refused ``token`` (401): its records go under the current identity."""
+        with self._lock:
+            self._retired = _compacted([(None if t is token else t, b) for t, b in self._retired])
 
     def _mint_and_cache(self, timeout: Optional[float]) -> Token:
         """Mint (caller holds ``_mint_lock``) and cache the token unless a reset came first."""
@@ -146,6 +177,20 @@ class Session:
         if user.user_id_ts is not None:
             body["user_id_ts"] = int(user.user_id_ts)
         return body
+
+
+def _compacted(
+    retired: List[Tuple[Optional[Token], int]],
+) -> List[Tuple[Optional[Token], int]]:
+    """Adjacent entries without a token merged (their records all go under the current
+    identity): tokens expire, so the list stays short however often the session is reset."""
+    out: List[Tuple[Optional[Token], int]] = []
+    for token, boundary in retired:
+        if out and token is None and out[-1][0] is None:
+            out[-1] = (None, boundary)
+        else:
+            out.append((token, boundary))
+    return out
 
 
 def _left(deadline: float) -> float:

@@ -71,4 +71,5 @@ def verify_user_id(
     current = time.time() if now is None else now
     if abs(current - stamp) > tolerance:
         return False
-    return hmac.compare_digest(expected, str(sig).lower())
+    # Exactly: the contract says lowercase hex, and the service refuses anything else.
+    return hmac.compare_digest(expected.encode("ascii"), str(sig).encode("utf-8", "replace"))

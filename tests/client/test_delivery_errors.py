@@ -321,6 +321,17 @@ def test_batch_false_sends_its_own_event_after_a_failure(
     assert sorted(payload_ids(server)) == [1, 2, 3]
 
 
+def test_batch_false_track_many_sends_at_once(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog
+) -> None:
+    """batch=False: track_many() sends its events before it returns, like track()."""
+    client = make_client(batch=False, on_error=errors)
+    events = [{"user_id": "u", "event_type": "e", "payload": {"i": i}} for i in range(3)]
+    assert client.track_many(events) == 3
+    assert sorted(e["payload"]["i"] for e in server.events()) == [0, 1, 2]
+    assert errors.items == []
+
+
 def test_batch_false_single_event_refused_is_dead_lettered(
     server: DevServer, make_client: MakeClient, errors: ErrorLog
 ) -> None:

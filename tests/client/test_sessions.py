@@ -259,6 +259,64 @@ def test_events_before_reset_go_under_old_token(
     assert owners == {"warmup": "alice", "as_alice": "alice", "as_bob": "bob"}
 
 
+def test_reset_between_retry_attempts_keeps_the_old_identity(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A reset_session() while alice's batch waits to be retried (503, Retry-After) does
+    not send it under bob's token: the retry uses the token of its first attempt."""
+    srv = make_server()
+    current: Dict[str, str] = {"uid": "alice"}
+    client = pk_client(srv, lambda: segops.UserContext(user_id=current["uid"]))
+    client.track(user_id="x", event_type="warmup")
+    client.flush(timeout=10)  # alice's token is cached
+    client.track(user_id="x", event_type="as_alice")
+    srv.script([(503, {"detail": "busy"}, {"Retry-After": "1"})])
+    flushing = threading.Thread(target=client.flush, kwargs={"timeout": 10})
+    flushing.start()
+    deadline = time.monotonic() + 5
+    while srv.stats()["scripted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    current["uid"] = "bob"
+    client.reset_session()
+    flushing.join(10)
+    owners = {e["event_type"]: e["user_id"] for e in srv.events()}
+    assert owners == {"warmup": "alice", "as_alice": "alice"}
+    assert [s.json for s in sessions(srv)] == [{"user_id": "alice"}]
+
+
+def test_each_reset_keeps_its_own_identity(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """Two resets during an outage: alice's events go under alice's token and bob's under
+    bob's, not both under the newest retired one."""
+    srv = make_server()
+    current: Dict[str, str] = {"uid": "alice"}
+    client = pk_client(
+        srv, lambda: segops.UserContext(user_id=current["uid"]), batch=False, on_error=ErrorLog()
+    )
+    srv.fail_rate = 1.0  # ingestion fails; the session call still works
+    for uid in ("alice", "bob"):
+        current["uid"] = uid
+        client.track(user_id="x", event_type=f"as_{uid}")  # mints uid's token; send fails
+        client.reset_session()
+    current["uid"] = "carol"
+    srv.fail_rate = 0.0
+    client.track(user_id="x", event_type="as_carol")
+    client.flush(timeout=10)
+    owners = {e["event_type"]: e["user_id"] for e in srv.events()}
+    assert owners == {"as_alice": "alice", "as_bob": "bob", "as_carol": "carol"}
+
+
+def test_reset_session_after_shutdown_is_quiet(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """reset_session() after shutdown() (a logout hook during teardown) raises nothing."""
+    client = pk_client(make_server(), user("alice"))
+    client.track(user_id="x", event_type="e")
+    client.shutdown(timeout=10)
+    client.reset_session()
+
+
 def test_pk_without_get_user_is_value_error(spool_file: Path) -> None:
     """A pk_ key without get_user is refused at construction, naming get_user."""
     with pytest.raises(ValueError, match="get_user"):

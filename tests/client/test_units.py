@@ -271,6 +271,8 @@ def test_verify_user_id_window(offset: int, ok: bool) -> None:
         ("u-4", VECTOR[:-1] + "0", 1700000000),
         ("u-4", VECTOR, 1700000001),
         ("u-4", "", 1700000000),
+        ("u-4", VECTOR.upper(), 1700000000),  # the contract: lowercase hex, as servers check
+        ("u-4", VECTOR[:-1] + "\u00e9", 1700000000),
     ],
 )
 def test_verify_user_id_rejects_tampering(user: str, sig: str, ts: int) -> None:
