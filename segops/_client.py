@@ -67,6 +67,10 @@ _OVERRUN_GRACE = 0.25
 #: Sends with a deadline (flush, shutdown, batch=False) that may run at once, per client;
 #: those abandoned at their deadline count until they end.
 _MAX_SENDS = 8
+#: A flush()/shutdown() in a signal handler that interrupted a spool operation of this thread
+#: waits this long at most for batches other senders hold: another thread of this process
+#: cannot record its answer until the interrupted operation resumes (after the handler).
+_INTERRUPTED_WAIT = 0.5
 T = TypeVar("T")
 
 ErrorHandler = Callable[[BaseException], None]
@@ -329,6 +333,8 @@ class SegOpsClient:
         # A short grace even for timeout=0: an idle flusher exits at once (one still inside
         # a request closes the spool and the HTTP pool when it ends, see below).
         grace = 1.0 if deadline is None else min(1.0, max(0.1, deadline - time.monotonic()))
+        if self._spool.in_use_by_this_thread():
+            grace = 0.05  # a flusher in the spool waits for this thread: see _drain_through
         self._flusher.stop(timeout=grace)
         try:
             self._drain_through(self._spool.last_id(), deadline)
@@ -340,7 +346,17 @@ class SegOpsClient:
             # Closed now, or by the last send or the flusher still inside a request.
             with self._state_lock:
                 self._final_flush_over = True
-            self._flusher.on_exit(self._release_if_idle)
+            flusher = self._flusher
+            if flusher.running():
+                # Still inside a batch (e.g. waiting for the spool operation this signal
+                # handler interrupted): the exit flush waits for it to record the answer.
+                _RETIRING.add(flusher)
+
+            def flusher_ended() -> None:
+                _RETIRING.discard(flusher)
+                self._release_if_idle()
+
+            flusher.on_exit(flusher_ended)
             self._release_if_idle()
 
     def close(self, timeout: Optional[float] = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
@@ -350,8 +366,8 @@ class SegOpsClient:
     def reset_session(self) -> None:
         """Drop the session token so the next request mints with the current ``get_user()``.
 
-        Events tracked before the call are still sent under the old token while it is valid.
-        No-op for ``sk_`` clients.
+        Events tracked before the call are still sent under the old token while it is valid
+        (when one was minted). No-op for ``sk_`` clients.
         """
         if self._session is None:
             return
@@ -609,6 +625,7 @@ class SegOpsClient:
     def _drain_through(self, target: int, deadline: Optional[float]) -> None:
         # Asks "is anything up to target still live", not "how many": a count scans the
         # whole backlog before every batch. FlushTimeout counts once, for its ``pending``.
+        stalled_since: Optional[float] = None
         while self._spool.has_pending_through(target):
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._flush_timeout(target)
@@ -629,12 +646,26 @@ class SegOpsClient:
                 if type(exc) is DeliveryError and timed_out:
                     raise self._flush_timeout(target, cause=exc) from exc
                 raise
-            if sent == 0:
-                time.sleep(0.02)  # the rest is leased by another sender; it acks or expires
+            if sent:
+                stalled_since = None
+                continue
+            # The rest is leased by another sender; it acks or its lease expires.
+            now = time.monotonic()
+            stalled_since = stalled_since or now
+            if now - stalled_since >= _INTERRUPTED_WAIT and self._spool.in_use_by_this_thread():
+                raise self._flush_timeout(target, interrupted=True)
+            time.sleep(0.02)
 
-    def _flush_timeout(self, target: int, cause: Optional[DeliveryError] = None) -> FlushTimeout:
+    def _flush_timeout(
+        self, target: int, cause: Optional[DeliveryError] = None, *, interrupted: bool = False
+    ) -> FlushTimeout:
         pending = self._spool.pending_through(target)
         message = f"{pending} event(s) still pending; they stay in the spool"
+        if interrupted:
+            message += (
+                " (another thread is sending some and cannot record the answer before the"
+                " spool operation this signal handler interrupted goes on)"
+            )
         return FlushTimeout(message if cause is None else f"{message} ({cause})", pending=pending)
 
     def _spool_failure(self, exc: spool.SpoolError) -> SegOpsError:

@@ -175,7 +175,13 @@ class Session:
             if value is not None and value != "":
                 body[name] = str(value)
         if user.user_id_ts is not None:
-            body["user_id_ts"] = int(user.user_id_ts)
+            try:
+                body["user_id_ts"] = int(user.user_id_ts)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise DeliveryError(
+                    f"get_user() returned a user_id_ts that is not Unix seconds"
+                    f" ({type(user.user_id_ts).__name__}); events stay spooled"
+                ) from exc
         return body
 
 

@@ -317,6 +317,22 @@ def test_reset_session_after_shutdown_is_quiet(
     client.reset_session()
 
 
+@pytest.mark.parametrize("stamp", ["not-a-number", 1e400, object()], ids=["text", "inf", "object"])
+def test_get_user_bad_timestamp_is_delivery_error(
+    make_server: Callable[..., DevServer],
+    pk_client: Callable[..., segops.SegOpsClient],
+    stamp: Any,
+) -> None:
+    """A user_id_ts from get_user() that is not Unix seconds fails the flush with one of
+    our errors naming get_user(); the event stays spooled."""
+    srv = make_server()
+    client = pk_client(srv, lambda: segops.UserContext(user_id="u", user_id_ts=stamp))
+    client.track(user_id="x", event_type="e")
+    with pytest.raises(segops.DeliveryError, match="get_user"):
+        client.flush(timeout=5)
+    assert client.stats().pending == 1 and srv.events() == []
+
+
 def test_pk_without_get_user_is_value_error(spool_file: Path) -> None:
     """A pk_ key without get_user is refused at construction, naming get_user."""
     with pytest.raises(ValueError, match="get_user"):

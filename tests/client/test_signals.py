@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import segops
 from _support import start_script, write_script
 from segops.devserver import DevServer
 
@@ -66,3 +67,56 @@ def test_signal_handler_calling_the_client_mid_track_returns(
     with spool.Spool(spool_file) as s:
         left = s.pending_through(s.last_id())
     assert tracked > 0 and len(server.events()) + left >= tracked
+
+
+EXITING_CHILD = """\
+    import signal, sys
+    import segops
+
+    client = segops.SegOpsClient(sys.argv[1], "sk_dev_secret", spool_path=sys.argv[2])
+    tracked = 0
+
+    def on_term(signum, frame):
+        try:
+            client.shutdown(timeout=None)
+        except segops.FlushTimeout as exc:
+            print("handler:", exc, flush=True)
+        print("tracked", tracked, flush=True)
+        sys.exit(0)  # unwinds the interrupted track(); the exit flush runs after it
+
+    signal.signal(signal.SIGTERM, on_term)
+    print("ready", flush=True)
+    while True:
+        client.track(user_id="u", event_type="e", payload={"i": tracked})
+        tracked += 1
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("run", range(3))
+def test_handler_shutdown_without_timeout_while_a_batch_is_in_flight(
+    server: DevServer, tmp_path: Path, spool_file: Path, run: int
+) -> None:
+    """shutdown(timeout=None) in a handler that interrupted track() while the flusher has a
+    batch in flight returns (the flusher cannot ack before track() goes on), and the exit
+    flush lets that ack happen: nothing is sent twice by the next client."""
+    server.latency_ms = 150  # the flusher is inside a request most of the time
+    script = write_script(tmp_path, "exiting.py", EXITING_CHILD)
+    proc = start_script(script, server.url, str(spool_file))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.6)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    tracked = int(out.split("tracked")[-1].split()[0])
+    server.latency_ms = 0
+    with segops.SegOpsClient(server.url, "sk_dev_secret", spool_path=spool_file) as client:
+        client.flush(timeout=30)
+    stored = [e["payload"]["i"] for e in server.events()]
+    assert len(stored) == len(set(stored)) >= tracked
+    assert server.stats()["duplicates_dropped"] == 0
