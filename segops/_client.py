@@ -549,7 +549,7 @@ class SegOpsClient:
         batch, to be sent again); the deadline only decides whether another one starts.
         False inline: nothing else bounds this thread, so requests end at the deadline.
         """
-        if deadline is None or self._spool.in_use_by_this_thread() or self._is_send_thread():
+        if deadline is None or self._inside_a_critical_section() or self._is_send_thread():
             return fn(False)
         outcome: List[Any] = []
 
@@ -581,6 +581,13 @@ class SegOpsClient:
         if ok:
             return cast(T, value)
         raise value
+
+    def _inside_a_critical_section(self) -> bool:
+        """True on a thread a signal handler interrupted inside the spool, a session mint or
+        a reset_session(): a worker would wait for the locks this thread holds."""
+        session = self._session
+        held_here = session is not None and session.held_by_this_thread()
+        return held_here or self._spool.in_use_by_this_thread()
 
     def _is_send_thread(self) -> bool:
         return threading.current_thread() in self._sends

@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._http import BATCH_PATH, SINGLE_PATH, HttpSender, Reply
 from ._retry import RETRY_AFTER_CAP, Retryable, RetryPolicy, call_with_retries
-from ._session import RETIRING_SKEW, Session, Token
+from ._session import Session, Token
 
 logger = logging.getLogger("segops")
 
@@ -38,7 +38,7 @@ MAX_BATCH_BYTES = 5 * 1024 * 1024
 #: retries go to the same endpoint under the same Idempotency-Key.
 SINGLE_TAG = "single"
 #: Requests one pk_ attempt can make (see ``Delivery._post_once``): its lease must cover them.
-_MAX_PK_REQUESTS_PER_ATTEMPT = 5
+_MAX_PK_REQUESTS_PER_ATTEMPT = 4
 
 
 class _Rejected(Exception):
@@ -94,9 +94,9 @@ class Delivery:
         self._counters = counters
         self._request_timeout = request_timeout
         # Long enough for one retry cycle plus its last attempt, whose requests each may take
-        # request_timeout: one with an sk_ key; with pk_ up to five (a retiring token, a
-        # mint, the post, a re-mint after a 401, the post again). Renewed before each batch
-        # of a split. Short otherwise: a sender that dies holds its batch this long.
+        # request_timeout: one with an sk_ key; with pk_ up to four (a mint, the post, and
+        # both again after a 401). Renewed before each batch of a split. Short otherwise:
+        # a sender that dies holds its batch this long.
         requests_per_attempt = 1 if session is None else _MAX_PK_REQUESTS_PER_ATTEMPT
         self._lease = policy.timeout + requests_per_attempt * request_timeout + 5.0
         # A Retry-After that outlived its cycle: no sender of this client (flusher, flush(),
@@ -189,7 +189,7 @@ class Delivery:
                     todo.pop(0)  # our lease lapsed and someone else owns these rows now
                     continue
                 first = False
-                if self._token_for(current) == "split":  # tracked under two identities
+                if self._spans_identities(current):
                     todo[:1] = list(self._spool.split(current))
                     continue
                 try:
@@ -209,12 +209,10 @@ class Delivery:
             for report in reports:
                 self._report(report)
 
-    def _token_for(self, batch: spool.Batch) -> object:
-        """``None`` (current identity), the retired :class:`Token` of the identity the
-        records were tracked under (``reset_session``), or ``"split"``."""
-        if self._session is None:
-            return None
-        return self._session.retired_token(batch.records[0].id, batch.records[-1].id)
+    def _spans_identities(self, batch: spool.Batch) -> bool:
+        """True when a ``reset_session()`` came between the batch's first and last record."""
+        first, last = batch.records[0].id, batch.records[-1].id
+        return self._session is not None and self._session.spans_eras(first, last)
 
     def _handle_rejected(
         self, batch: spool.Batch, exc: _Rejected, reports: List[SegOpsError]
@@ -277,20 +275,17 @@ class Delivery:
         extra = {"Idempotency-Key": batch.key}
 
         failures: List[Retryable] = []
-        # The session token an earlier attempt used: the identity the records were tracked
-        # under. A reset_session() between two attempts must not send them under the next.
-        pinned: List[Token] = []
+        first_id = batch.records[0].id
 
         def attempt() -> Reply:
-            token = self._attempt_token(batch, pinned)
             if not detached:
-                return self._post_once(path, body, extra, token, pinned, _left(deadline))
+                return self._post_once(path, body, extra, first_id, _left(deadline))
             # Nobody waits past the deadline: no attempt starts after it (not even the
             # first, nor one for a part of a split batch), but one started runs to its end.
             if deadline is not None and time.monotonic() >= deadline:
                 # A backoff that slept up to the deadline ends with the failure it waited out.
                 raise failures[-1] if failures else Retryable("no time left to send")
-            return self._post_once(path, body, extra, token, pinned, self._request_timeout)
+            return self._post_once(path, body, extra, first_id, self._request_timeout)
 
         def count_retry(exc: Retryable, wait: float) -> None:
             failures[:] = [exc]
@@ -310,53 +305,30 @@ class Delivery:
                 f"delivery failed after retries: {exc}", status=exc.status, retry_after=hint
             ) from exc
 
-    def _attempt_token(self, batch: spool.Batch, pinned: List[Token]) -> Optional[Token]:
-        """The token for this attempt: the retired one of the records' identity, else the
-        one an earlier attempt used while it lasts, else ``None`` (the current session)."""
-        retired = self._token_for(batch)
-        if isinstance(retired, Token):
-            return retired
-        if pinned and pinned[0].fresh(time.time(), RETIRING_SKEW):
-            return pinned[0]
-        return None
-
     def _post_once(
         self,
         path: str,
         body: bytes,
         extra: dict[str, str],
-        token: Optional[Token],
-        pinned: List[Token],
+        first_id: int,
         timeout: Optional[float],
     ) -> Reply:
-        """One attempt: up to five requests with a ``pk_`` key, each within ``timeout``
-        (``None``: the HTTP client's own timeout, and no bound on waiting for a mint)."""
-        if token is not None:
-            reply = self._http.post(path, body, {**extra, **_bearer(token)}, timeout=timeout)
-            if reply.status != 401:
-                return _classify(reply)
-            # That identity's token is gone: send under the current one.
-            pinned.clear()
-            if self._session is not None:
-                self._session.forget_retired(token)
-                self._session.invalidate(token)
-        session_token = self._pin(self._session_token(timeout), pinned)
-        reply = self._http.post(path, body, {**extra, **self._auth(session_token)}, timeout=timeout)
-        if reply.status == 401 and session_token is not None and self._session is not None:
-            self._session.invalidate(session_token)
-            session_token = self._pin(self._session_token(timeout), pinned)
-            reply = self._http.post(
-                path, body, {**extra, **self._auth(session_token)}, timeout=timeout
-            )
+        """One attempt: with a ``pk_`` key up to four requests (mint, post, and both again
+        after a 401), each within ``timeout`` (``None``: the HTTP client's own timeout, and
+        no bound on waiting for a mint). The token is chosen per attempt: a reset_session()
+        between two attempts must not send the records under the next identity."""
+        token = self._session_token(first_id, timeout)
+        reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
+        if reply.status == 401 and token is not None and self._session is not None:
+            self._session.invalidate(token)
+            token = self._session_token(first_id, timeout)
+            reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
         return _classify(reply)
 
-    @staticmethod
-    def _pin(token: Optional[Token], pinned: List[Token]) -> Optional[Token]:
-        pinned[:] = [] if token is None else [token]
-        return token
-
-    def _session_token(self, timeout: Optional[float]) -> Optional[Token]:
-        return None if self._session is None else self._session.current(timeout=timeout)
+    def _session_token(self, first_id: int, timeout: Optional[float]) -> Optional[Token]:
+        if self._session is None:
+            return None
+        return self._session.token_for(first_id, timeout=timeout)
 
     def _auth(self, token: Optional[Token]) -> dict[str, str]:
         return {"Authorization": f"ApiKey {self._api_key}"} if token is None else _bearer(token)

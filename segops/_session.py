@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._encoding import parse_iso8601
 from ._errors import AuthError, DeliveryError
@@ -35,8 +36,29 @@ class Token:
         return f"Token(uid={self.uid!r}, expires_at={self.expires_at})"
 
 
+@dataclass(frozen=True)
+class _Era:
+    """Records up to ``last_id`` were tracked under the identity of ``generation`` (one era
+    per ``reset_session()``); ``token`` is that identity's, once minted (``None`` before,
+    and after it expired or was refused: its records then go under the current identity)."""
+
+    last_id: int
+    generation: int
+    token: Optional[Token]
+    ended_at: float  # time.monotonic() of the reset that ended it
+
+
+#: An era without a token is merged with its neighbours (all their records go under the
+#: current identity) once no mint that began in it can still be running.
+_MINT_GRACE = 120.0
+
+
 class Session:
-    """Holds the current session token of a pk_ client; thread-safe, one mint in flight."""
+    """Holds the session tokens of a pk_ client; thread-safe, one mint in flight.
+
+    Readers take no lock: the eras are replaced whole, never changed in place. A signal
+    handler that interrupted a writer on the same thread gets in (the locks are reentrant).
+    """
 
     def __init__(
         self, *, api_key: str, get_user: Callable[[], UserContext], http: HttpSender
@@ -44,29 +66,37 @@ class Session:
         self._api_key = api_key
         self._get_user = get_user
         self._http = http
-        self._lock = threading.Lock()
-        self._mint_lock = threading.Lock()
-        self._token: Optional[Token] = None
-        # Bumped by reset() (reset_session): a mint that began under an older generation read
-        # get_user() before the reset, so its token must not be cached for later requests.
-        self._generation = 0
-        # One entry per reset_session(), oldest first: (the token of the identity it ended,
-        # or None once that token is unusable; the last record id tracked under it).
-        self._retired: List[Tuple[Optional[Token], int]] = []
+        self._lock = threading.RLock()
+        self._mint_lock = threading.RLock()
+        self._token: Optional[Token] = None  # the current identity's
+        self._generation = 0  # bumped by each reset_session()
+        # Oldest first, with their last ids for bisect: replaced together, as one tuple.
+        self._eras: Tuple[Tuple[_Era, ...], Tuple[int, ...]] = ((), ())
 
     def after_fork(self) -> None:
         """Locks held by another thread at fork time would never be released in the child."""
-        self._lock = threading.Lock()
-        self._mint_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._mint_lock = threading.RLock()
+
+    def held_by_this_thread(self) -> bool:
+        """True while the calling thread is inside a mint or a reset: a signal handler that
+        interrupted one (and must not wait for another thread to get in)."""
+        return any(_held(lock) for lock in (self._lock, self._mint_lock))
 
     def current(self, *, timeout: Optional[float] = None) -> Token:
-        """A fresh token, minting one if needed; concurrent callers share one mint.
+        """A fresh token of the current identity (see :meth:`token_for`)."""
+        return self.token_for(None, timeout=timeout)
+
+    def token_for(self, first_id: Optional[int], *, timeout: Optional[float] = None) -> Token:
+        """The token for records from ``first_id`` on: the one of the identity they were
+        tracked under while it is valid, else the current identity's, minting it if needed;
+        concurrent callers share one mint.
 
         Waiting for another thread's mint counts against ``timeout``: when it runs out this
         raises :class:`Retryable`, like a mint request that timed out.
         """
-        token = self._token
-        if token is not None and token.fresh(time.time()):
+        token = self._known_token(first_id)
+        if token is not None:
             return token
         deadline = None if timeout is None else time.monotonic() + timeout
         # The lock holder may be stuck on a mute server for a whole request timeout.
@@ -74,63 +104,88 @@ class Session:
         if not acquired:
             raise Retryable("session mint: timed out waiting for the mint in flight")
         try:
-            token = self._token  # another thread may have minted while we waited
-            if token is not None and token.fresh(time.time()):
+            # Meanwhile another thread may have minted, or a reset_session() may have ended
+            # the era of these records, taking a token minted in it along.
+            token = self._known_token(first_id)
+            if token is not None:
                 return token
             return self._mint_and_cache(None if deadline is None else _left(deadline))
         finally:
             self._mint_lock.release()
 
-    def invalidate(self, token: Optional[Token] = None) -> None:
-        """Drop the cached token (only if it is still ``token``, when one is given)."""
+    def spans_eras(self, first_id: int, last_id: int) -> bool:
+        """True when records ``first_id``..``last_id`` were tracked under two identities."""
+        eras, ends = self._eras
+        index = bisect.bisect_left(ends, first_id)
+        return index < len(eras) and last_id > ends[index]
+
+    def invalidate(self, token: Token) -> None:
+        """The server refused ``token`` (401): drop it, whichever identity it was for."""
         with self._lock:
-            if token is None or self._token is token:
+            if self._token is token:
                 self._token = None
+            self._replace_eras(
+                [replace(era, token=None) if era.token is token else era for era in self._eras[0]]
+            )
 
     def reset(self, boundary: Optional[int]) -> None:
-        """``reset_session``: drop the cached token; records up to ``boundary`` (the last id
-        tracked so far; ``None`` when unknown) keep being sent under it while it is valid."""
+        """``reset_session``: a new identity from now on. Records up to ``boundary`` (the
+        last id tracked so far; ``None`` when unknown) keep the ended identity's token."""
         with self._lock:
-            token, self._token = self._token, None
-            self._generation += 1
-            if boundary is None:
-                return
-            if token is not None and not token.fresh(time.time(), RETIRING_SKEW):
-                token = None
-            # Even without a token: its records must not go under a later identity's one.
-            self._retired.append((token, boundary))
-            self._retired = _compacted(self._retired)
+            token, ended = self._token, self._generation
+            if boundary is not None:
+                # First: a reader (or a signal handler that interrupted this) meanwhile
+                # still finds the token for those records.
+                era = _Era(boundary, ended, token, time.monotonic())
+                self._replace_eras([*self._eras[0], era])
+            self._generation = ended + 1
+            self._token = None
 
-    def retired_token(self, first: int, last: int) -> Union[Token, str, None]:
-        """The token for records ``first``..``last``: the retired token of the identity
-        they were tracked under, ``None`` for the current one (also when that token is
-        gone), or ``"split"`` when they span two identities."""
-        with self._lock:
-            now = time.time()
-            self._retired = _compacted(
-                [(t if t and t.fresh(now, RETIRING_SKEW) else None, b) for t, b in self._retired]
-            )
-            for token, boundary in self._retired:
-                if first <= boundary:
-                    return token if last <= boundary else "split"
-        return None
-
-    def forget_retired(self, token: Token) -> None:
-        """The server refused ``token`` (401): its records go under the current identity."""
-        with self._lock:
-            self._retired = _compacted([(None if t is token else t, b) for t, b in self._retired])
+    def _known_token(self, first_id: Optional[int]) -> Optional[Token]:
+        """The usable token for records from ``first_id`` on (``None``: the current
+        identity's) without minting, or ``None``."""
+        if first_id is not None:
+            eras, ends = self._eras
+            index = bisect.bisect_left(ends, first_id)
+            if index < len(eras):
+                token = eras[index].token
+                if token is not None and token.fresh(time.time(), RETIRING_SKEW):
+                    return token
+                # That identity has no usable token: the current one sends them.
+        token = self._token
+        return token if token is not None and token.fresh(time.time()) else None
 
     def _mint_and_cache(self, timeout: Optional[float]) -> Token:
-        """Mint (caller holds ``_mint_lock``) and cache the token unless a reset came first."""
+        """Mint (caller holds ``_mint_lock``) and keep the token for the identity it was
+        minted for: the current one, or the era a reset ended meanwhile."""
         generation = self._generation  # read before _mint() calls get_user()
         token = self._mint(timeout)
         with self._lock:
             if generation == self._generation:
                 self._token = token
-        # After a reset the token is still handed to this caller: its batch was claimed before
-        # the reset, so it holds only events tracked under the old identity. Later callers
-        # find no token and mint with the current get_user().
+            else:
+                self._replace_eras(
+                    [
+                        replace(era, token=token) if era.generation == generation else era
+                        for era in self._eras[0]
+                    ]
+                )
         return token
+
+    def _replace_eras(self, eras: List[_Era]) -> None:
+        """Store ``eras`` (caller holds ``_lock``), dropping expired tokens and merging
+        neighbours without one: the list stays as short as the live tokens allow."""
+        now, clock = time.time(), time.monotonic()
+        kept: List[_Era] = []
+        for era in eras:
+            if era.token is not None and not era.token.fresh(now, RETIRING_SKEW):
+                era = replace(era, token=None)
+            settled = era.token is None and clock - era.ended_at > _MINT_GRACE
+            if settled and kept and kept[-1].token is None:
+                kept[-1] = replace(era, ended_at=kept[-1].ended_at)
+            else:
+                kept.append(era)
+        self._eras = (tuple(kept), tuple(era.last_id for era in kept))
 
     def _mint(self, timeout: Optional[float]) -> Token:
         body = json.dumps(self._identity(), separators=(",", ":")).encode()
@@ -185,18 +240,9 @@ class Session:
         return body
 
 
-def _compacted(
-    retired: List[Tuple[Optional[Token], int]],
-) -> List[Tuple[Optional[Token], int]]:
-    """Adjacent entries without a token merged (their records all go under the current
-    identity): tokens expire, so the list stays short however often the session is reset."""
-    out: List[Tuple[Optional[Token], int]] = []
-    for token, boundary in retired:
-        if out and token is None and out[-1][0] is None:
-            out[-1] = (None, boundary)
-        else:
-            out.append((token, boundary))
-    return out
+def _held(lock: object) -> bool:
+    is_owned = getattr(lock, "_is_owned", None)  # RLock's, as threading.Condition uses it
+    return bool(is_owned()) if is_owned is not None else False
 
 
 def _left(deadline: float) -> float:

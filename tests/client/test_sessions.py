@@ -307,6 +307,55 @@ def test_each_reset_keeps_its_own_identity(
     assert owners == {"as_alice": "alice", "as_bob": "bob", "as_carol": "carol"}
 
 
+def test_reset_during_the_first_mint_keeps_the_old_identity(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A reset while alice's first token is being minted (a second send waiting for that
+    mint): the token goes with alice's era, and both her events are sent as alice."""
+    srv = make_server(latency_ms=400)
+    current: Dict[str, str] = {"uid": "alice"}
+    client = pk_client(srv, lambda: segops.UserContext(user_id=current["uid"]), batch=False)
+    senders = [
+        threading.Thread(target=client.track, kwargs={"user_id": "x", "event_type": name})
+        for name in ("alice_1", "alice_2")
+    ]
+    for sender in senders:  # the first mints (400 ms); the second waits for that mint
+        sender.start()
+        time.sleep(0.1)
+    current["uid"] = "bob"
+    client.reset_session()
+    for sender in senders:
+        sender.join(10)
+    client.track(user_id="x", event_type="bob_1")
+    client.flush(timeout=10)
+    owners = {e["event_type"]: e["user_id"] for e in srv.events()}
+    assert owners == {"alice_1": "alice", "alice_2": "alice", "bob_1": "bob"}
+
+
+def test_without_a_token_of_their_own_events_follow_the_current_identity(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """alice never had a token: her event goes under the current identity at each attempt
+    (carol after a second reset between two attempts), not under bob's, who was current
+    at the first attempt."""
+    srv = make_server()
+    current: Dict[str, str] = {"uid": "alice"}
+    client = pk_client(srv, lambda: segops.UserContext(user_id=current["uid"]))
+    client.track(user_id="x", event_type="alice_ev")
+    current["uid"] = "bob"
+    client.reset_session()
+    srv.script([(503, {"detail": "busy"}, {"Retry-After": "1"})])
+    flushing = threading.Thread(target=client.flush, kwargs={"timeout": 10})
+    flushing.start()
+    deadline = time.monotonic() + 5
+    while srv.stats()["scripted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    current["uid"] = "carol"
+    client.reset_session()
+    flushing.join(10)
+    assert {e["event_type"]: e["user_id"] for e in srv.events()} == {"alice_ev": "carol"}
+
+
 def test_reset_session_after_shutdown_is_quiet(
     make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
 ) -> None:

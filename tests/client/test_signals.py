@@ -120,3 +120,59 @@ def test_handler_shutdown_without_timeout_while_a_batch_is_in_flight(
     stored = [e["payload"]["i"] for e in server.events()]
     assert len(stored) == len(set(stored)) >= tracked
     assert server.stats()["duplicates_dropped"] == 0
+
+
+RESETTING_CHILD = """\
+    import os, signal, sys, time
+    import segops
+
+    current = {"uid": "u0"}
+    client = segops.SegOpsClient(
+        sys.argv[1], "pk_dev_public", spool_path=sys.argv[2], background=False, timeout=5,
+        get_user=lambda: segops.UserContext(user_id=current["uid"]),
+    )
+    client.track(user_id="x", event_type="pending")
+
+    def callers(frame):
+        while frame is not None:
+            yield frame.f_code.co_name
+            frame = frame.f_back
+
+    def on_term(signum, frame):
+        names = list(callers(frame))[:4]
+        if names[0] == "reset" or "reset" not in names:
+            return  # not in a helper reset() calls under its lock: wait for the next tick
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        started = time.monotonic()
+        try:
+            client.shutdown(timeout=float(sys.argv[3]))
+            print("shutdown ok", round(time.monotonic() - started, 1), flush=True)
+        except segops.SegOpsError as exc:
+            print("shutdown failed:", type(exc).__name__, exc, flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGALRM, on_term)
+    signal.setitimer(signal.ITIMER_REAL, 0.01, 0.0002)
+    while True:  # the application logs users in and out
+        current["uid"] = "u" + str(time.monotonic())
+        client.reset_session()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("timeout", ["3", "inf"])
+def test_handler_shutdown_inside_reset_session(
+    server: DevServer, tmp_path: Path, spool_file: Path, timeout: str
+) -> None:
+    """A handler's shutdown() while the interrupted thread is inside reset_session() sends
+    what is pending at once, instead of waiting for that thread's session lock."""
+    script = write_script(tmp_path, "resetting.py", RESETTING_CHILD)
+    proc = start_script(script, server.url, str(spool_file), timeout)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "shutdown ok" in out, out + err
+    assert [e["event_type"] for e in server.events()] == ["pending"]
