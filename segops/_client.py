@@ -333,7 +333,8 @@ class SegOpsClient:
         # A short grace even for timeout=0: an idle flusher exits at once (one still inside
         # a request closes the spool and the HTTP pool when it ends, see below).
         grace = 1.0 if deadline is None else min(1.0, max(0.1, deadline - time.monotonic()))
-        if self._spool.in_use_by_this_thread():
+        interrupted = self._interrupted_here()
+        if interrupted:
             grace = 0.05  # a flusher in the spool waits for this thread: see _drain_through
         self._flusher.stop(timeout=grace)
         try:
@@ -347,9 +348,9 @@ class SegOpsClient:
             with self._state_lock:
                 self._final_flush_over = True
             flusher = self._flusher
-            if flusher.running():
-                # Still inside a batch (e.g. waiting for the spool operation this signal
-                # handler interrupted): the exit flush waits for it to record the answer.
+            if interrupted and flusher.running():
+                # Maybe waiting for the spool operation this signal handler interrupted, to
+                # record a batch the server stored: the exit flush waits for it.
                 _RETIRING.add(flusher)
 
             def flusher_ended() -> None:
@@ -589,6 +590,11 @@ class SegOpsClient:
         held_here = session is not None and session.held_by_this_thread()
         return held_here or self._spool.in_use_by_this_thread()
 
+    def _interrupted_here(self) -> bool:
+        """True in a signal handler that interrupted this thread in a critical section or
+        in a delivery: what is left may wait for this very thread, so don't wait long."""
+        return self._inside_a_critical_section() or self._delivery.holds_a_batch_here()
+
     def _is_send_thread(self) -> bool:
         return threading.current_thread() in self._sends
 
@@ -659,7 +665,7 @@ class SegOpsClient:
             # The rest is leased by another sender; it acks or its lease expires.
             now = time.monotonic()
             stalled_since = stalled_since or now
-            if now - stalled_since >= _INTERRUPTED_WAIT and self._spool.in_use_by_this_thread():
+            if now - stalled_since >= _INTERRUPTED_WAIT and self._interrupted_here():
                 raise self._flush_timeout(target, interrupted=True)
             time.sleep(0.02)
 
@@ -670,8 +676,8 @@ class SegOpsClient:
         message = f"{pending} event(s) still pending; they stay in the spool"
         if interrupted:
             message += (
-                " (another thread is sending some and cannot record the answer before the"
-                " spool operation this signal handler interrupted goes on)"
+                " (some are being sent and cannot be recorded before the call this signal"
+                " handler interrupted goes on)"
             )
         return FlushTimeout(message if cause is None else f"{message} ({cause})", pending=pending)
 

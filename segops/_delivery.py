@@ -94,14 +94,15 @@ class Delivery:
         self._counters = counters
         self._request_timeout = request_timeout
         # Long enough for one retry cycle plus its last attempt, whose requests each may take
-        # request_timeout: one with an sk_ key; with pk_ up to four (a mint, the post, and
-        # both again after a 401). Renewed before each batch of a split. Short otherwise:
-        # a sender that dies holds its batch this long.
+        # request_timeout: one with an sk_ key; with pk_ up to four (see _post_once).
+        # Renewed before each batch of a split. Short otherwise: a sender that dies holds
+        # its batch this long.
         requests_per_attempt = 1 if session is None else _MAX_PK_REQUESTS_PER_ATTEMPT
         self._lease = policy.timeout + requests_per_attempt * request_timeout + 5.0
         # A Retry-After that outlived its cycle: no sender of this client (flusher, flush(),
         # shutdown(), batch=False) posts before this monotonic time. The status is the refusal's.
         self._hold_until = 0.0
+        self._holding = threading.local()  # deliveries in progress on each thread
         self._hold_status: Optional[int] = None
 
     # -- public -------------------------------------------------------------------------
@@ -181,6 +182,7 @@ class Delivery:
         # Reported once every part is acked or released: an on_error that calls flush()
         # must not wait for batches this very call still holds.
         reports: List[SegOpsError] = []
+        self._holding.depth = getattr(self._holding, "depth", 0) + 1
         try:
             first = True
             while todo:
@@ -206,8 +208,14 @@ class Delivery:
             self._release_all(todo)
             raise
         finally:
+            self._holding.depth -= 1
             for report in reports:
                 self._report(report)
+
+    def holds_a_batch_here(self) -> bool:
+        """True while the calling thread is inside a delivery: a signal handler that
+        interrupted one (that batch waits for the handler to return)."""
+        return getattr(self._holding, "depth", 0) > 0
 
     def _spans_identities(self, batch: spool.Batch) -> bool:
         """True when a ``reset_session()`` came between the batch's first and last record."""
@@ -313,14 +321,20 @@ class Delivery:
         first_id: int,
         timeout: Optional[float],
     ) -> Reply:
-        """One attempt: with a ``pk_`` key up to four requests (mint, post, and both again
-        after a 401), each within ``timeout`` (``None``: the HTTP client's own timeout, and
-        no bound on waiting for a mint). The token is chosen per attempt: a reset_session()
-        between two attempts must not send the records under the next identity."""
+        """One attempt, each request within ``timeout`` (``None``: the HTTP client's own
+        timeout, and no bound on waiting for a mint). With a ``pk_`` key up to four: a post
+        with a cached token; after a 401 one with the next cached token; after another, a
+        mint and a post. The token is chosen per attempt: a reset_session() between two
+        attempts must not send the records under the next identity."""
+        started = time.monotonic()
         token = self._session_token(first_id, timeout)
         reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
-        if reply.status == 401 and token is not None and self._session is not None:
+        for _ in range(2):  # an old era's token, then the current cached one (revoked too)
+            if reply.status != 401 or token is None or self._session is None:
+                break
             self._session.invalidate(token)
+            if token.minted_at >= started:
+                break  # minted for this very attempt and refused: not a stale token
             token = self._session_token(first_id, timeout)
             reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
         return _classify(reply)

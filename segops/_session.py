@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ._encoding import parse_iso8601
 from ._errors import AuthError, DeliveryError
@@ -28,6 +28,7 @@ class Token:
     value: str
     expires_at: float
     uid: str
+    minted_at: float = 0.0  # time.monotonic() when the answer came
 
     def fresh(self, now: float, skew: float = REFRESH_SKEW) -> bool:
         return now < self.expires_at - skew
@@ -45,19 +46,27 @@ class _Era:
     last_id: int
     generation: int
     token: Optional[Token]
-    ended_at: float  # time.monotonic() of the reset that ended it
 
 
-#: An era without a token is merged with its neighbours (all their records go under the
-#: current identity) once no mint that began in it can still be running.
-_MINT_GRACE = 120.0
+class _State(NamedTuple):
+    """Everything a sender reads, replaced whole: one read sees one consistent state."""
+
+    token: Optional[Token]  # the current identity's
+    generation: int  # bumped by each reset_session()
+    eras: Tuple[_Era, ...]  # oldest first
+    ends: Tuple[int, ...]  # their last ids, for bisect
+
+
+#: Every this many eras, expired tokens are dropped and neighbours without one merged.
+_COMPACT_EVERY = 32
 
 
 class Session:
     """Holds the session tokens of a pk_ client; thread-safe, one mint in flight.
 
-    Readers take no lock: the eras are replaced whole, never changed in place. A signal
-    handler that interrupted a writer on the same thread gets in (the locks are reentrant).
+    Readers take no lock: they read one immutable :class:`_State`, which writers (holding
+    ``_lock``) replace whole. A signal handler that interrupted a writer on the same thread
+    gets in (the locks are reentrant).
     """
 
     def __init__(
@@ -68,10 +77,10 @@ class Session:
         self._http = http
         self._lock = threading.RLock()
         self._mint_lock = threading.RLock()
-        self._token: Optional[Token] = None  # the current identity's
-        self._generation = 0  # bumped by each reset_session()
-        # Oldest first, with their last ids for bisect: replaced together, as one tuple.
-        self._eras: Tuple[Tuple[_Era, ...], Tuple[int, ...]] = ((), ())
+        self._state = _State(None, 0, (), ())
+        # The generation the mint in flight began in: its era must keep its place (and get
+        # the token) even when a reset ends it before the answer comes.
+        self._minting: Optional[int] = None
 
     def after_fork(self) -> None:
         """Locks held by another thread at fork time would never be released in the child."""
@@ -95,7 +104,7 @@ class Session:
         Waiting for another thread's mint counts against ``timeout``: when it runs out this
         raises :class:`Retryable`, like a mint request that timed out.
         """
-        token = self._known_token(first_id)
+        token = _known_token(self._state, first_id)
         if token is not None:
             return token
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -106,7 +115,7 @@ class Session:
         try:
             # Meanwhile another thread may have minted, or a reset_session() may have ended
             # the era of these records, taking a token minted in it along.
-            token = self._known_token(first_id)
+            token = _known_token(self._state, first_id)
             if token is not None:
                 return token
             return self._mint_and_cache(None if deadline is None else _left(deadline))
@@ -115,77 +124,63 @@ class Session:
 
     def spans_eras(self, first_id: int, last_id: int) -> bool:
         """True when records ``first_id``..``last_id`` were tracked under two identities."""
-        eras, ends = self._eras
-        index = bisect.bisect_left(ends, first_id)
-        return index < len(eras) and last_id > ends[index]
+        state = self._state
+        index = bisect.bisect_left(state.ends, first_id)
+        return index < len(state.ends) and last_id > state.ends[index]
 
     def invalidate(self, token: Token) -> None:
         """The server refused ``token`` (401): drop it, whichever identity it was for."""
         with self._lock:
-            if self._token is token:
-                self._token = None
-            self._replace_eras(
-                [replace(era, token=None) if era.token is token else era for era in self._eras[0]]
-            )
+            state = self._state
+            eras = [replace(era, token=None) if era.token is token else era for era in state.eras]
+            current = None if state.token is token else state.token
+            self._store(state._replace(token=current), eras)
 
     def reset(self, boundary: Optional[int]) -> None:
         """``reset_session``: a new identity from now on. Records up to ``boundary`` (the
         last id tracked so far; ``None`` when unknown) keep the ended identity's token."""
         with self._lock:
-            token, ended = self._token, self._generation
+            state = self._state
+            eras = list(state.eras)
             if boundary is not None:
-                # First: a reader (or a signal handler that interrupted this) meanwhile
-                # still finds the token for those records.
-                era = _Era(boundary, ended, token, time.monotonic())
-                self._replace_eras([*self._eras[0], era])
-            self._generation = ended + 1
-            self._token = None
-
-    def _known_token(self, first_id: Optional[int]) -> Optional[Token]:
-        """The usable token for records from ``first_id`` on (``None``: the current
-        identity's) without minting, or ``None``."""
-        if first_id is not None:
-            eras, ends = self._eras
-            index = bisect.bisect_left(ends, first_id)
-            if index < len(eras):
-                token = eras[index].token
-                if token is not None and token.fresh(time.time(), RETIRING_SKEW):
-                    return token
-                # That identity has no usable token: the current one sends them.
-        token = self._token
-        return token if token is not None and token.fresh(time.time()) else None
+                # A concurrent reset may have read a later id and got here first: the
+                # records up to it are that era's already.
+                last_id = max([boundary, *state.ends[-1:]])
+                era = _Era(last_id, state.generation, state.token)
+                if _mergeable(era, self._minting) and eras and _mergeable(eras[-1], self._minting):
+                    eras[-1] = era  # neither identity has a token: both go under the current
+                else:
+                    eras.append(era)
+            self._store(_State(None, state.generation + 1, (), ()), eras)
 
     def _mint_and_cache(self, timeout: Optional[float]) -> Token:
         """Mint (caller holds ``_mint_lock``) and keep the token for the identity it was
         minted for: the current one, or the era a reset ended meanwhile."""
-        generation = self._generation  # read before _mint() calls get_user()
-        token = self._mint(timeout)
         with self._lock:
-            if generation == self._generation:
-                self._token = token
+            generation = self._minting = self._state.generation  # before get_user() is read
+        try:
+            token = self._mint(timeout)
+        finally:
+            self._minting = None
+        with self._lock:
+            state = self._state
+            if generation == state.generation:
+                self._state = state._replace(token=token)
             else:
-                self._replace_eras(
-                    [
-                        replace(era, token=token) if era.generation == generation else era
-                        for era in self._eras[0]
-                    ]
-                )
+                eras = [
+                    replace(era, token=token) if era.generation == generation else era
+                    for era in state.eras
+                ]
+                self._store(state, eras)
         return token
 
-    def _replace_eras(self, eras: List[_Era]) -> None:
-        """Store ``eras`` (caller holds ``_lock``), dropping expired tokens and merging
-        neighbours without one: the list stays as short as the live tokens allow."""
-        now, clock = time.time(), time.monotonic()
-        kept: List[_Era] = []
-        for era in eras:
-            if era.token is not None and not era.token.fresh(now, RETIRING_SKEW):
-                era = replace(era, token=None)
-            settled = era.token is None and clock - era.ended_at > _MINT_GRACE
-            if settled and kept and kept[-1].token is None:
-                kept[-1] = replace(era, ended_at=kept[-1].ended_at)
-            else:
-                kept.append(era)
-        self._eras = (tuple(kept), tuple(era.last_id for era in kept))
+    def _store(self, state: _State, eras: List[_Era]) -> None:
+        """Replace the state with ``state`` holding ``eras`` (caller holds ``_lock``);
+        every _COMPACT_EVERY eras, expired tokens are dropped and neighbours without one
+        merged, so the list stays as short as the live tokens allow."""
+        if eras and len(eras) % _COMPACT_EVERY == 0:
+            eras = _compacted(eras, self._minting)
+        self._state = state._replace(eras=tuple(eras), ends=tuple(era.last_id for era in eras))
 
     def _mint(self, timeout: Optional[float]) -> Token:
         body = json.dumps(self._identity(), separators=(",", ":")).encode()
@@ -240,6 +235,38 @@ class Session:
         return body
 
 
+def _known_token(state: _State, first_id: Optional[int]) -> Optional[Token]:
+    """The usable token for records from ``first_id`` on (``None``: the current identity's)
+    without minting, or ``None``."""
+    if first_id is not None:
+        index = bisect.bisect_left(state.ends, first_id)
+        if index < len(state.eras):
+            token = state.eras[index].token
+            if token is not None and token.fresh(time.time(), RETIRING_SKEW):
+                return token
+            # That identity has no usable token: the current one sends them.
+    token = state.token
+    return token if token is not None and token.fresh(time.time()) else None
+
+
+def _mergeable(era: _Era, minting: Optional[int]) -> bool:
+    """An era without a token that no mint in flight can give one to."""
+    return era.token is None and era.generation != minting
+
+
+def _compacted(eras: List[_Era], minting: Optional[int]) -> List[_Era]:
+    now = time.time()
+    kept: List[_Era] = []
+    for era in eras:
+        if era.token is not None and not era.token.fresh(now, RETIRING_SKEW):
+            era = replace(era, token=None)
+        if kept and _mergeable(era, minting) and _mergeable(kept[-1], minting):
+            kept[-1] = era
+        else:
+            kept.append(era)
+    return kept
+
+
 def _held(lock: object) -> bool:
     is_owned = getattr(lock, "_is_owned", None)  # RLock's, as threading.Condition uses it
     return bool(is_owned()) if is_owned is not None else False
@@ -267,4 +294,4 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's token holds characters a header cannot carry",
             status=reply.status,
         )
-    return Token(value, expires, str(data.get("uid", "")))
+    return Token(value, expires, str(data.get("uid", "")), time.monotonic())

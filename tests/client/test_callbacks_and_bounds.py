@@ -146,6 +146,34 @@ def test_a_trickling_answer_cannot_hold_the_exit(
     assert elapsed < 3.5, f"exit took {elapsed:.1f}s"
 
 
+SHUT_DOWN_WHILE_SENDING = """\
+    import sys, time
+    import segops
+
+    client = segops.SegOpsClient(
+        sys.argv[1], "sk_dev_secret", spool_path=sys.argv[2], batch_size=1, timeout=5
+    )
+    client.track(user_id="u", event_type="e")
+    time.sleep(0.6)  # the flusher is inside its request now
+    try:
+        client.shutdown(timeout=0.1)
+    except segops.SegOpsError:
+        pass
+    print("tracked", flush=True)
+"""
+
+
+def test_exit_does_not_wait_for_a_flusher_shutdown_left_behind(
+    blackhole: str, tmp_path: Path, spool_file: Path
+) -> None:
+    """After shutdown(timeout=0.1) the process exits at once, even with the flusher still
+    waiting on a server that never answers (the exit flush is for forgotten clients)."""
+    script = write_script(tmp_path, "shut.py", SHUT_DOWN_WHILE_SENDING)
+    elapsed, code, stderr = exit_after_tracking(script, blackhole, str(spool_file))
+    assert code == 0, stderr
+    assert elapsed < 1.2, f"exit took {elapsed:.1f}s"
+
+
 def test_slow_get_user_cannot_stretch_flush(server: DevServer, make_client: MakeClient) -> None:
     """A get_user() that takes 10 s is cut off by flush(timeout=1), not waited for."""
 

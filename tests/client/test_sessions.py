@@ -356,6 +356,26 @@ def test_without_a_token_of_their_own_events_follow_the_current_identity(
     assert {e["event_type"]: e["user_id"] for e in srv.events()} == {"alice_ev": "carol"}
 
 
+def test_revoked_tokens_of_an_old_era_and_the_current_identity_are_replaced(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """After the server revoked every token, a batch of an old era is refused under that
+    era's token, then under the current cached one, and delivered under a new mint."""
+    srv = make_server()
+    current: Dict[str, str] = {"uid": "alice"}
+    client = pk_client(srv, lambda: segops.UserContext(user_id=current["uid"]), batch=False)
+    client.track(user_id="x", event_type="alice_1")  # mints alice's token
+    srv.script([(503, {"detail": "busy"})])
+    client.track(user_id="x", event_type="alice_2")  # its inline send fails: spooled
+    current["uid"] = "bob"
+    client.reset_session()
+    client.track(user_id="x", event_type="bob_1")  # mints bob's token
+    srv.revoke_tokens()
+    client.flush(timeout=10)
+    owners = {e["event_type"]: e["user_id"] for e in srv.events()}
+    assert owners == {"alice_1": "alice", "alice_2": "bob", "bob_1": "bob"}
+
+
 def test_reset_session_after_shutdown_is_quiet(
     make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
 ) -> None:

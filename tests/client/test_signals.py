@@ -176,3 +176,45 @@ def test_handler_shutdown_inside_reset_session(
             proc.wait()
     assert "shutdown ok" in out, out + err
     assert [e["event_type"] for e in server.events()] == ["pending"]
+
+
+INTERRUPTED_SEND_CHILD = """\
+    import signal, sys, time
+    import segops
+
+    client = segops.SegOpsClient(sys.argv[1], "sk_dev_secret", spool_path=sys.argv[2],
+                                 background=False)
+    client.track(user_id="x", event_type="e")
+
+    def on_alarm(signum, frame):
+        started = time.monotonic()
+        try:
+            client.shutdown(timeout=None)
+        except segops.FlushTimeout:
+            pass
+        print("handler done", round(time.monotonic() - started, 1), flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    client.flush(timeout=None)  # inside its request when the alarm comes (the server is slow)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_handler_shutdown_interrupting_a_send_of_this_thread(
+    server: DevServer, tmp_path: Path, spool_file: Path
+) -> None:
+    """shutdown(timeout=None) in a handler that interrupted this thread's own send does not
+    wait for that batch's lease (35 s): it returns within a second or so."""
+    server.latency_ms = 1500
+    script = write_script(tmp_path, "interrupted_send.py", INTERRUPTED_SEND_CHILD)
+    proc = start_script(script, server.url, str(spool_file))
+    try:
+        out, err = proc.communicate(timeout=25)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "handler done" in out, out + err
+    assert float(out.split("handler done")[1].split()[0]) < 3.0

@@ -195,6 +195,44 @@ def test_session_refreshes_inside_skew() -> None:
     assert session.current().value == "t2"
 
 
+def minting_session(uids: List[str]) -> Session:
+    """A Session whose mints return tokens t1, t2, ... for the uid get_user() gives."""
+    count = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        count[0] += 1
+        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+        uid = json.loads(request.content)["user_id"]
+        return httpx.Response(
+            200, json={"token": f"t{count[0]}", "expires_at": later.isoformat(), "uid": uid}
+        )
+
+    return Session(
+        api_key="pk_k", get_user=lambda: segops.UserContext(user_id=uids[-1]), http=sender(handler)
+    )
+
+
+def test_session_resets_whose_boundaries_arrive_out_of_order() -> None:
+    """Two threads resetting at once may pass their boundaries in either order: records up
+    to the larger one keep the first era's token, not the current identity's."""
+    uids = ["alice"]
+    session = minting_session(uids)
+    alice = session.current()
+    uids.append("bob")
+    session.reset(5)  # read last_id() == 5 after the other thread read 3
+    session.reset(3)
+    assert session.token_for(4) is alice and session.token_for(1) is alice
+    assert session.token_for(6).uid == "bob" and not session.spans_eras(1, 5)
+
+
+def test_session_eras_without_tokens_stay_few() -> None:
+    """Resetting again and again without minting keeps one era, not one per reset."""
+    session = minting_session(["alice"])
+    for boundary in range(1, 5001):
+        session.reset(boundary)
+    assert len(session._state.eras) == 1
+
+
 @pytest.mark.parametrize(
     "body",
     [
