@@ -83,9 +83,11 @@ class Session:
         self._minting: Optional[int] = None
 
     def after_fork(self) -> None:
-        """Locks held by another thread at fork time would never be released in the child."""
+        """Locks held by another thread at fork time would never be released in the child,
+        nor would its mint end there."""
         self._lock = threading.RLock()
         self._mint_lock = threading.RLock()
+        self._minting = None
 
     def held_by_this_thread(self) -> bool:
         """True while the calling thread is inside a mint or a reset: a signal handler that
