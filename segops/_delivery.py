@@ -364,8 +364,9 @@ class Delivery:
 
 def _left(deadline: Optional[float]) -> Optional[float]:
     """Seconds until ``deadline`` (negative once it passed; the HTTP layer takes 50 ms at
-    least), or ``None`` for no deadline."""
-    return None if deadline is None else deadline - time.monotonic()
+    least), or ``None`` for no deadline. Capped at ``threading.TIMEOUT_MAX``: the session
+    mint waits on a lock with it."""
+    return None if deadline is None else min(threading.TIMEOUT_MAX, deadline - time.monotonic())
 
 
 def _affordable_wait(policy: RetryPolicy, deadline: Optional[float]) -> float:
