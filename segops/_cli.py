@@ -24,6 +24,7 @@ from ._cli_drain import (
     Progress,
     SpoolStatus,
     UsageError,
+    describe_refusals,
     drain_spool,
     human_age,
     human_bytes,
@@ -400,13 +401,16 @@ def _report_drain(prog: str, result: DrainResult, as_json: bool) -> int:
     elif result.to_send == 0 and result.delivered == 0 and not result.error:
         _out(f"{prog}: nothing to send; {result.spool} has no pending events")
     else:
+        skipped = f"{result.skipped:,} skipped by the server; " if result.skipped else ""
         _out(
             f"{prog}: delivered {result.delivered:,} event(s) in {result.seconds:.1f}s "
             f"({result.rate:,.0f} events/s); {result.dead_lettered} new dead letter(s); "
-            f"{result.left:,} left"
+            f"{skipped}{result.left:,} left"
         )
         if result.dead_lettered:
             _out(f"  see why: segops dead-letters list --spool {result.spool}")
+        if result.skipped:
+            _out("  the server dropped the skipped events as invalid: they were not stored")
     if result.left:
         reason = result.error or "events are still leased by another process"
         sys.stderr.write(
@@ -606,6 +610,12 @@ def cmd_dead_retry(ns: argparse.Namespace) -> int:
             "again and are back in the dead letters\n"
         )
         return 1
+    if code == 0 and result.skipped:
+        sys.stderr.write(
+            f"segops dead-letters retry: error: the server skipped {result.skipped} event(s) "
+            "as invalid: they were not stored\n"
+        )
+        return 1
     return code
 
 
@@ -734,6 +744,7 @@ def cmd_track(ns: argparse.Namespace) -> int:
     )
     error: Optional[str] = None
     try:
+        dead_before = client.stats().dead_letters  # a refusal shows as a new dead letter
         tracked = client.track_many(events)
         try:
             if ns.timeout != 0:  # 0: spool only, no network at all
@@ -743,29 +754,36 @@ def cmd_track(ns: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)
-    delivered = client.stats().delivered  # the snapshot taken by shutdown()
+    final = client.stats()  # the snapshot taken by shutdown()
     status = spool_status(path)
     left = status.pending + status.leased
+    dead_lettered = max(0, final.dead_letters - dead_before)
+    refused = describe_refusals(dead_lettered, final.skipped, status.path, seen.rejected)
     if ns.json:
         _print_json(
             {
                 "spool": status.path,
                 "tracked": tracked,
-                "delivered": delivered,
+                "delivered": final.delivered - final.skipped,
+                "dead_lettered": dead_lettered,
+                "skipped": final.skipped,
                 "left": left,
-                "error": error,
+                "error": "; ".join(filter(None, (refused, error))) or None,
             }
         )
     else:
         _out(
-            f"segops track: spooled {tracked} event(s); delivered {delivered}; "
-            f"{left} waiting in {status.path}"
+            f"segops track: spooled {tracked} event(s); delivered "
+            f"{final.delivered - final.skipped}; {left} waiting in {status.path}"
         )
     if left and error:
         sys.stderr.write(
             f"segops track: {left} event(s) stay spooled for the next run or `segops replay`: "
             f"{error}\n"
         )
+    if refused:  # not stored, and no later run will send them: the script must know
+        sys.stderr.write(f"segops track: error: {refused}\n")
+        return 1
     return 0
 
 

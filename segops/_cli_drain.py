@@ -19,7 +19,15 @@ import httpx
 import spool
 
 from ._client import SegOpsClient
-from ._errors import AuthError, DeliveryError, FlushTimeout, SegOpsError, translate_spool_error
+from ._errors import (
+    AuthError,
+    DeliveryError,
+    EventRejected,
+    EventsSkipped,
+    FlushTimeout,
+    SegOpsError,
+    translate_spool_error,
+)
 from ._paths import normalize_url, redact
 from ._types import UserContext
 
@@ -123,13 +131,21 @@ def describe_failure(exc: BaseException, api_url: str, api_key: str) -> str:
 
 class LastError:
     """An ``on_error`` handler that keeps the latest background failure, to explain a
-    timeout with its cause ("server unreachable") rather than just "timed out"."""
+    timeout with its cause ("server unreachable") rather than just "timed out".
+
+    A refused event (dead-lettered, or skipped by the server; the client's counters have
+    them) is an outcome to report, not why other events are still waiting: the latest
+    dead-lettering is kept apart in ``rejected``, for its reason."""
 
     def __init__(self) -> None:
         self.exc: Optional[BaseException] = None
+        self.rejected: Optional[EventRejected] = None
 
     def __call__(self, exc: BaseException) -> None:
-        self.exc = exc
+        if isinstance(exc, EventRejected):
+            self.rejected = exc
+        elif not isinstance(exc, EventsSkipped):
+            self.exc = exc
 
     def describe(
         self, exc: BaseException, api_url: str, api_key: str, *, leased_elsewhere: int = 0
@@ -146,6 +162,23 @@ class LastError:
                 else "the server did not answer in time"
             )
         return f"{cause}; gave up with {exc.pending} event(s) pending"
+
+
+def describe_refusals(
+    dead_lettered: int, skipped: int, spool_path: str, last: Optional[EventRejected] = None
+) -> Optional[str]:
+    """One line about the events the server refused (dead-lettered, with the ``last``
+    reason when known) or skipped; ``None`` when there were none."""
+    parts = []
+    if dead_lettered:
+        why = f" (HTTP {last.status}: {last.detail})" if last is not None else ""
+        parts.append(
+            f"the server refused {dead_lettered} event(s){why}; moved to the dead letters, "
+            f"see: segops dead-letters list --spool {spool_path}"
+        )
+    if skipped:
+        parts.append(f"the server skipped {skipped} event(s) as invalid: they were not stored")
+    return "; ".join(parts) or None
 
 
 def probe(api_url: str, timeout: float = 0.5) -> Optional[str]:
@@ -179,12 +212,15 @@ class Progress:
 
 @dataclass(frozen=True)
 class DrainResult:
-    """How a drain ended. ``left`` counts the events that were there when it started."""
+    """How a drain ended. ``left`` counts the events that were there when it started;
+    ``delivered`` those the server stored, ``skipped`` those it answered 2xx for but
+    dropped as invalid (gone from the spool, like delivered ones)."""
 
     spool: str
     to_send: int
     delivered: int
     dead_lettered: int
+    skipped: int
     dead_total: int
     left: int
     pending_now: int
@@ -206,6 +242,7 @@ class DrainResult:
             "to_send": self.to_send,
             "delivered": self.delivered,
             "dead_lettered": self.dead_lettered,
+            "skipped": self.skipped,
             "dead_letters_total": self.dead_total,
             "left": self.left,
             "pending_now": self.pending_now,
@@ -310,14 +347,15 @@ def _drain(
     finally:
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)  # no second attempt: what is left stays spooled
-    delivered = client.stats().delivered  # the snapshot taken by shutdown()
+    final = client.stats()  # the snapshot taken by shutdown()
     elapsed = time.monotonic() - start
     stats = inspect.stats()
     return DrainResult(
         spool=str(inspect.path),
         to_send=to_send,
-        delivered=delivered,
+        delivered=final.delivered - final.skipped,
         dead_lettered=max(0, stats.dead - dead_before),
+        skipped=final.skipped,
         dead_total=stats.dead,
         left=inspect.pending_through(target),
         pending_now=stats.pending + stats.leased,

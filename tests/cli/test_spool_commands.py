@@ -83,6 +83,29 @@ def test_replay_with_rejected_key(
     assert pending(spool_file) == 4
 
 
+def spool_unstorable_event(path: Path) -> None:
+    """Append an event the server answers 2xx for but skips (an unparseable occurred_at)."""
+    with spool.Spool(path) as store:
+        store.append(json.dumps({**event("skip-me"), "occurred_at": "yesterday"}).encode())
+
+
+def test_replay_reports_events_the_server_skipped(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """A 2xx with skipped > 0: replay counts those events as skipped, not delivered (exit 0)."""
+    seed(spool_file, 2)
+    spool_unstorable_event(spool_file)
+    result = cli("replay", "--spool", str(spool_file), "--json")
+    assert result.code == 0, result.err
+    summary = result.json()
+    assert (summary["delivered"], summary["skipped"], summary["left"]) == (2, 1, 0)
+    spool_unstorable_event(spool_file)
+    text = cli("replay", "--spool", str(spool_file))
+    assert text.code == 0, text.err
+    assert "delivered 0 event(s)" in text.out and "1 skipped by the server" in text.out
+    assert server.stats()["skipped"] == 2
+
+
 def test_replay_of_missing_spool_creates_nothing(cli: Runner, spool_file: Path) -> None:
     """replay/status on a path with no spool exit 2 and do not create a file."""
     for args in (["replay"], ["status"], ["dead-letters", "list"]):
@@ -313,7 +336,7 @@ def with_dead_letter(cli: Runner, server: DevServer, spool_file: Path) -> Path:
     lines.insert(2, event("bad", poison=True))
     stdin = "\n".join(json.dumps(x) for x in lines) + "\n"
     result = cli("track", "--jsonl", "-", "--spool", str(spool_file), stdin=stdin)
-    assert result.code == 0, result.err
+    assert result.code == 1 and "refused 1 event(s)" in result.err, result.err
     assert sorted(server_ids(server)) == [f"ok-{i}" for i in range(4)]
     return spool_file
 
@@ -344,6 +367,21 @@ def test_dead_letters_retry(cli: Runner, server: DevServer, with_dead_letter: Pa
     assert sorted(server_ids(server)) == sorted(["bad"] + [f"ok-{i}" for i in range(4)])
     empty = cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json")
     assert empty.json() == []
+
+
+def test_dead_letters_retry_fails_when_the_server_skips_them(
+    cli: Runner, server: DevServer, with_dead_letter: Path
+) -> None:
+    """retry whose events the server skips (2xx, not stored) exits 1, as when rejected again."""
+    server.reject_when = None
+    server.script([(200, {"queued": 0, "skipped": 1})])
+    result = cli("dead-letters", "retry", "--spool", str(with_dead_letter), "--json")
+    assert result.code == 1
+    assert result.json()["skipped"] == 1 and result.json()["delivered"] == 0
+    assert result.err_lines == [
+        "segops dead-letters retry: error: the server skipped 1 event(s) as invalid: "
+        "they were not stored"
+    ]
 
 
 @pytest.mark.parametrize("select", [[], ["--id", "3"]])

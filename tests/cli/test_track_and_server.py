@@ -125,6 +125,20 @@ def test_track_server_down_keeps_events(cli: Runner, server: DevServer, spool_fi
     assert sorted(server_ids(server)) == ["d-0", "d-1", "d-2"]
 
 
+def test_track_reports_an_event_the_server_refused(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """A 400 dead-letters the event: track says so with the reason, in --json too, exit 1."""
+    server.reject_when = lambda item: "event_type 'signup' is reserved"
+    args = ("--user-id", "u", "--event-type", "signup", "--spool", str(spool_file), "--json")
+    result = cli("track", *args)
+    assert result.code == 1
+    report = result.json()
+    assert (report["delivered"], report["dead_lettered"], report["left"]) == (0, 1, 0)
+    assert "'signup' is reserved" in report["error"] and "dead letters" in report["error"]
+    assert result.err_lines == [f"segops track: error: {report['error']}"]
+
+
 def test_track_timeout_0_spools_without_any_network(
     cli: Runner, server: DevServer, spool_file: Path
 ) -> None:
