@@ -35,7 +35,7 @@ from ._cli_drain import (
 from ._client import SegOpsClient
 from ._encoding import encode_event, event_from_args
 from ._errors import ConfigurationError, SegOpsError, translate_spool_error
-from ._paths import default_spool_dir, default_spool_path, display_url, redact
+from ._paths import SPOOL_DIR_ENV, default_spool_dir, default_spool_path, display_url, redact
 from ._version import __version__
 
 PROG = "segops"
@@ -461,7 +461,7 @@ def _status_all(ns: argparse.Namespace) -> int:
     cannot be read gets a row saying why, the others are still shown, and the exit code is 1
     once every row is out."""
     folder = default_spool_dir()
-    paths = sorted(folder.glob("*.sqlite3")) if folder.is_dir() else []
+    paths = _spool_files(folder)
     rows: List[_StatusRow] = []
     for path in paths:
         try:  # read-only, as for one spool: nothing is created, moved or repaired
@@ -483,6 +483,23 @@ def _status_all(ns: argparse.Namespace) -> int:
             1,
         )
     return 0
+
+
+def _spool_files(folder: Path) -> List[Path]:
+    """The ``*.sqlite3`` files of the spool directory; none when it does not exist. A
+    directory that cannot be listed raises OSError (exit 1): ``glob`` would find nothing and
+    report "no spools", as if all were clear. A path that is not a directory is a
+    configuration error (exit 2)."""
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        raise UsageError(f"the spool directory {folder} is not a directory (check {SPOOL_DIR_ENV})")
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise OSError(f"cannot list the spool directory {folder}: {exc.strerror or exc}") from None
+    # As glob("*.sqlite3") matched: hidden files are not listed.
+    return sorted(folder / n for n in names if n.endswith(".sqlite3") and not n.startswith("."))
 
 
 def _status_row_json(row: _StatusRow) -> Dict[str, Any]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -321,6 +324,46 @@ def test_status_all_with_no_spools(cli: Runner, spool_dir: Path) -> None:
     assert result.code == 0
     assert "no spools in" in result.out
     assert not spool_dir.exists()
+
+
+@pytest.fixture
+def as_ordinary_user() -> List[str]:
+    """A command prefix under which permission bits apply (root ignores them otherwise)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, and no setpriv to drop the capabilities")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o300], ids=["mode-000", "mode-300"])
+def test_status_all_fails_on_a_spool_dir_it_cannot_list(
+    base_env: Dict[str, str], spool_dir: Path, as_ordinary_user: List[str], mode: int
+) -> None:
+    """status --all on an unlistable spool dir: one-line error, exit 1 (not "no spools")."""
+    seed(spool_dir / "a.sqlite3", 1)
+    spool_dir.chmod(mode)
+    try:
+        command = [*as_ordinary_user, sys.executable, "-m", "segops", "status", "--all"]
+        proc = subprocess.run(command, env=base_env, capture_output=True, text=True, timeout=60)
+    finally:
+        spool_dir.chmod(0o700)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (
+        f"segops status: error: cannot list the spool directory {spool_dir}: Permission denied\n"
+    )
+
+
+def test_status_all_fails_when_the_spool_dir_is_a_file(cli: Runner, spool_dir: Path) -> None:
+    """SEGOPS_SPOOL_DIR naming a file is a configuration error (exit 2), not "no spools"."""
+    spool_dir.parent.mkdir(parents=True, exist_ok=True)
+    spool_dir.write_bytes(b"")
+    result = cli("status", "--all")
+    assert result.code == 2 and result.out == ""
+    assert result.err_lines == [
+        f"segops status: error: the spool directory {spool_dir} is not a directory "
+        "(check SEGOPS_SPOOL_DIR)"
+    ]
 
 
 def poison(item: Dict[str, Any]) -> Optional[str]:
