@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import segops
@@ -175,6 +176,40 @@ def test_replay_timeout_names_a_live_lease(
     assert result.code == 1
     assert "leased by another process" in result.err, result.err
     assert not [r for r in server.requests if r.path.startswith("/api/")]  # nothing sent
+
+
+def test_replay_timeout_names_its_own_unanswered_request(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """replay --timeout waiting on its own slow request says so, not "another process"."""
+    seed(spool_file, 5)
+    server.latency_ms = 3000.0
+    result = cli("replay", "--spool", str(spool_file), "--timeout", "1")
+    assert result.code == 1
+    assert "had not answered this command's own request" in result.err, result.err
+    assert "another process" not in result.err
+
+
+@pytest.fixture
+def mute_url() -> Iterator[str]:
+    """The URL of a socket that takes connections (the kernel's backlog) but never answers."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        yield f"http://127.0.0.1:{hole.getsockname()[1]}"
+
+
+def test_replay_timeout_keeps_its_documented_bound(
+    cli: Runner, spool_file: Path, env: Dict[str, str], mute_url: str
+) -> None:
+    """Against a mute server, replay --timeout T ends (diagnosis included) by T + 0.5 s."""
+    seed(spool_file, 1)
+    mute_env = {**env, "SEGOPS_API_URL": mute_url}
+    result = cli("replay", "--spool", str(spool_file), "--timeout", "1", "--json", env=mute_env)
+    assert result.code == 1
+    summary = result.json()
+    assert summary["seconds"] <= 1.5, summary
+    assert "unreachable" in summary["error"] and summary["left"] == 1
 
 
 def test_replay_races_a_live_client(cli: Runner, server: DevServer, spool_file: Path) -> None:
