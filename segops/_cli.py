@@ -35,7 +35,14 @@ from ._cli_drain import (
 from ._client import SegOpsClient
 from ._encoding import encode_event, event_from_args
 from ._errors import ConfigurationError, SegOpsError, translate_spool_error
-from ._paths import SPOOL_DIR_ENV, default_spool_dir, default_spool_path, display_url, redact
+from ._paths import (
+    SPOOL_DIR_ENV,
+    default_spool_dir,
+    default_spool_path,
+    display_url,
+    redact,
+    redact_secrets,
+)
 from ._version import __version__
 
 PROG = "segops"
@@ -307,13 +314,18 @@ def _api_url(ns: argparse.Namespace, *, required: bool = True) -> Optional[str]:
     return url
 
 
-def _api_key(ns: argparse.Namespace, *, required: bool = True) -> Optional[str]:
-    key = (
+def _given_api_key(ns: argparse.Namespace) -> Optional[str]:
+    """The key from the flag or the environment, as given (not checked)."""
+    return (
         getattr(ns, "api_key", None)
         or os.environ.get(ENV_KEY)
         or os.environ.get(ENV_SECRET)
         or None
     )
+
+
+def _api_key(ns: argparse.Namespace, *, required: bool = True) -> Optional[str]:
+    key = _given_api_key(ns)
     if key is None and required:
         raise UsageError(f"no API key: pass --api-key or set {ENV_KEY} (or {ENV_SECRET})")
     if key is not None and not key.startswith(("sk_", "pk_")):
@@ -542,6 +554,11 @@ def _print_table(table: Sequence[Sequence[str]]) -> None:
 # -- dead letters ------------------------------------------------------------------------
 
 
+def _collapsed(text: str) -> str:
+    """``text`` on one line: a table row must not break on a multi-line reason."""
+    return " ".join(text.split())
+
+
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -554,7 +571,7 @@ def _preview(data: bytes, width: int = 80) -> str:
         text = f"{item.get('event_type')} user={item.get('user_id')} payload={payload}"
     else:
         text = str(item)
-    return _shorten(" ".join(text.split()), width)
+    return _shorten(_collapsed(text), width)
 
 
 def _iso(ts: float) -> str:
@@ -569,7 +586,9 @@ def _event_json(data: bytes) -> Any:
 
 
 def cmd_dead_list(ns: argparse.Namespace) -> int:
-    """``segops dead-letters list``."""
+    """``segops dead-letters list``. Reasons are the server's words, stored by any version of
+    the client: keys and tokens in them are redacted here too."""
+    key = _given_api_key(ns)
     store = open_spool(_spool_path(ns))
     try:
         letters = store.dead_letters(limit=ns.limit)
@@ -582,7 +601,7 @@ def cmd_dead_list(ns: argparse.Namespace) -> int:
             [
                 {
                     "id": d.id,
-                    "reason": d.reason,
+                    "reason": redact_secrets(d.reason, key),
                     "failed_at": _iso(d.failed_at),
                     "event": _event_json(d.data),
                 }
@@ -594,7 +613,13 @@ def cmd_dead_list(ns: argparse.Namespace) -> int:
         _out(f"no dead letters in {store.path}")
         return 0
     table = [("ID", "FAILED AT (UTC)", "REASON", "EVENT")] + [
-        (str(d.id), _iso(d.failed_at), _shorten(d.reason, 48), _preview(d.data)) for d in letters
+        (
+            str(d.id),
+            _iso(d.failed_at),
+            _shorten(_collapsed(redact_secrets(d.reason, key)), 48),
+            _preview(d.data),
+        )
+        for d in letters
     ]
     _print_table(table)
     return 0

@@ -462,6 +462,47 @@ def test_dead_letters_retry_fails_when_the_server_skips_them(
     ]
 
 
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1LTEifQ.c2lnbmF0dXJl"  # JWT-shaped
+HTML_400 = f"<html>\n<body>\nBad\tRequest: Bearer {TOKEN}\n</body>\n</html>"
+
+
+def test_dead_letter_reasons_are_stored_without_credentials(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """A 400/422 body that echoes the API key or a session token is stored redacted."""
+    seed(spool_file, 2)
+    echo = (422, {"detail": f"Authorization was ApiKey {SECRET}"})
+    server.script([echo, echo, (400, HTML_400)])  # the batch, then each event alone
+    assert cli("replay", "--spool", str(spool_file)).code == 0
+    with spool.Spool(spool_file) as store:
+        reasons = [d.reason for d in store.dead_letters()]
+    assert reasons == [
+        "HTTP 422: Authorization was ApiKey sk_…6789",
+        "HTTP 400: <html>\n<body>\nBad\tRequest: Bearer eyJ…dXJl\n</body>\n</html>",
+    ]
+
+
+def test_dead_letters_list_redacts_and_keeps_one_line_per_letter(
+    cli: Runner, spool_file: Path
+) -> None:
+    """Stored reasons: list hides keys and tokens (--json too); a multi-line one keeps its row."""
+    seed(spool_file, 0)
+    with spool.Spool(spool_file) as store:
+        store.append_many([json.dumps(event("a")).encode(), json.dumps(event("b")).encode()])
+        batch = store.claim(2)
+        assert batch is not None
+        store.dead_letter(batch.records[:1], f"HTTP 422: key {SECRET} refused")
+        store.dead_letter(batch.records[1:], f"HTTP 400: {HTML_400}")
+        store.ack(batch)
+    listed = cli("dead-letters", "list", "--spool", str(spool_file), "--json")
+    assert listed.code == 0 and SECRET not in listed.out and TOKEN not in listed.out
+    assert "sk_…6789" in listed.json()[0]["reason"]
+    table = cli("dead-letters", "list", "--spool", str(spool_file))
+    assert table.code == 0 and SECRET not in table.out and TOKEN not in table.out
+    rows = table.out.splitlines()
+    assert len(rows) == 3 and "Bad Request: Bearer" in rows[2], table.out
+
+
 @pytest.mark.parametrize("select", [[], ["--id", "3"]])
 def test_dead_letters_purge(cli: Runner, with_dead_letter: Path, select: list) -> None:
     """purge refuses without --yes (exit 2, nothing deleted), then deletes with it."""

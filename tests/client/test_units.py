@@ -171,6 +171,22 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
     assert _left(time.monotonic() + 1e12) == threading.TIMEOUT_MAX
 
 
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ({"detail": "bad key sk_live_0123456789abcdef"}, "bad key sk_live_…cdef"),
+        ({"auth": ["pk_test_abcdefghijkl12 revoked"]}, "auth: ['pk_test_…kl12 revoked']"),
+        ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.abc_-123 expired", "token eyJ…-123 expired"),
+        ({"detail": "short sk_a1b2c3d4"}, "short sk_…"),
+    ],
+    ids=["sk-key", "pk-key-in-field-errors", "jwt-in-plain-text", "short-key"],
+)
+def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
+    """Server text that echoes a key or a session token is redacted where it enters."""
+    content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    assert Reply(400, content).detail() == shown
+
+
 # -- session expires_at -----------------------------------------------------------------------
 
 EXPIRY = dt.datetime(2031, 5, 17, 8, 30, 15, tzinfo=dt.timezone.utc)
