@@ -60,8 +60,13 @@ def make_cache_dir_private() -> None:
 
 
 def normalize_url(api_url: str) -> str:
-    """The base URL with one trailing slash stripped, as the API doc says."""
-    return api_url[:-1] if api_url.endswith("/") else api_url
+    """The base URL without trailing slashes (the API doc says to strip one before joining).
+
+    Idempotent: the client normalizes its URL and then names the spool from it, the CLI names
+    it from the URL as given, and both must pick the same file whatever the URL ends with.
+    (Stripping only one made ``…//`` two different spools.) A URL with one trailing slash or
+    none, the usual ones, keeps its spool name."""
+    return api_url.rstrip("/")
 
 
 def redact(secret: str) -> str:

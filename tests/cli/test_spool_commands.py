@@ -62,6 +62,34 @@ def test_replay_uses_the_default_spool(cli: Runner, server: DevServer, spool_dir
     assert sorted(server_ids(server)) == sorted(ids)
 
 
+@pytest.mark.parametrize("ending", ["", "/", "//", "///"])
+def test_the_cli_finds_the_library_spool_whatever_the_url_ends_with(
+    bare_cli: Runner,
+    base_env: Dict[str, str],
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+) -> None:
+    """The CLI and the library pick the same default spool, even for a URL ending in //."""
+    url = "http://127.0.0.1:9" + ending  # nothing listens: the event stays spooled
+    monkeypatch.setenv("SEGOPS_SPOOL_DIR", str(spool_dir))
+    client = segops.SegOpsClient(url, SECRET, background=False)
+    client.track(user_id="u", event_type="e")
+    with contextlib.suppress(segops.SegOpsError):
+        client.shutdown(timeout=0)
+    env = {**base_env, "SEGOPS_API_URL": url, "SEGOPS_API_KEY": SECRET}
+    result = bare_cli("status", "--json", env=env)
+    assert result.code == 0, result.err
+    assert result.json()["spool"] == str(client.spool_path) and result.json()["pending"] == 1
+
+
+def test_spool_names_of_plain_urls_do_not_change() -> None:
+    """Existing spools keep their names: pinned for a URL with and without its slash."""
+    for url in ("http://127.0.0.1:8765", "http://127.0.0.1:8765/"):
+        name = segops._paths.spool_name(url, "sk_dev_secret")
+        assert name == "spool-1be3094b29079fe9a454161e.sqlite3"
+
+
 def test_replay_with_server_down(cli: Runner, server: DevServer, spool_file: Path) -> None:
     """Server unreachable: exit 1, the reason on stderr, every event still spooled."""
     seed(spool_file, 40)
