@@ -132,11 +132,19 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
+
+
 def _redact(key: str) -> str:
-    """``sk_dev_secret`` -> ``sk_dev…cret``: enough to recognise, never the whole key."""
-    if len(key) <= 10:
+    """``sk_dev_secret`` -> ``sk_dev_…cret``, by the client's rule (``segops._paths.redact``,
+    not imported: the server stays independent of the client). A key of 12 characters or
+    fewer shows only its prefix: four more characters would give most of it away. A longer
+    one shows a known environment word and the last four characters, nothing else."""
+    if len(key) <= 12:
         return key[:3] + "…"
-    return f"{key[:6]}…{key[-4:]}"
+    env = key[3:].split("_", 1)[0] if key.count("_") >= 2 else ""
+    prefix = key[:3] + (env + "_" if env in _KEY_ENVIRONMENTS else "")
+    return f"{prefix}…{key[-4:]}"
 
 
 def parse_iso8601(text: str) -> Optional[datetime]:
