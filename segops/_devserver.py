@@ -428,8 +428,9 @@ class DevServer:
 
     @fail_status.setter
     def fail_status(self, value: int) -> None:
-        if not 100 <= int(value) <= 599:
-            raise ValueError(f"fail_status must be an HTTP status 100..599, got {value}")
+        # A 1xx-3xx "failure" is none: a 2xx would even count as delivered, storing nothing.
+        if not 400 <= int(value) <= 599:
+            raise ValueError(f"fail_status must be a failure status 400..599, got {value}")
         self._fail_status = int(value)
 
     @property

@@ -163,6 +163,21 @@ def test_bad_flag_subprocess_exit_2() -> None:
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("status", ["200", "302", "399"])
+def test_fail_status_must_be_a_failure_status(status: str) -> None:
+    """--fail-status outside 400..599 exits 2 with one line naming the range (not serving)."""
+    proc = spawn("--fail-status", status)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 2
+    assert err.splitlines() == [
+        f"segops dev-server: error: fail_status must be a failure status 400..599, got {status}"
+    ]
+
+
 def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     """A port that cannot be bound is a one-line error and exit 1."""
     with devserver.DevServer() as busy:
