@@ -1257,6 +1257,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
 
+    def __getattr__(self, name: str) -> Any:
+        # Every other method (TRACE, CONNECT, PROPFIND, ...) is routed too: an API path
+        # answers 405 with Allow, as a wrong method should, not the stdlib's 501.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
+
     def version_string(self) -> str:
         return self.server_version
 
