@@ -24,6 +24,7 @@ from ._cli_drain import (
     Progress,
     SpoolStatus,
     UsageError,
+    describe_refusals,
     drain_spool,
     human_age,
     human_bytes,
@@ -34,7 +35,14 @@ from ._cli_drain import (
 from ._client import SegOpsClient
 from ._encoding import encode_event, event_from_args
 from ._errors import ConfigurationError, SegOpsError, translate_spool_error
-from ._paths import default_spool_dir, default_spool_path, display_url, redact
+from ._paths import (
+    SPOOL_DIR_ENV,
+    default_spool_dir,
+    default_spool_path,
+    display_url,
+    redact,
+    redact_secrets,
+)
 from ._version import __version__
 
 PROG = "segops"
@@ -306,13 +314,18 @@ def _api_url(ns: argparse.Namespace, *, required: bool = True) -> Optional[str]:
     return url
 
 
-def _api_key(ns: argparse.Namespace, *, required: bool = True) -> Optional[str]:
-    key = (
+def _given_api_key(ns: argparse.Namespace) -> Optional[str]:
+    """The key from the flag or the environment, as given (not checked)."""
+    return (
         getattr(ns, "api_key", None)
         or os.environ.get(ENV_KEY)
         or os.environ.get(ENV_SECRET)
         or None
     )
+
+
+def _api_key(ns: argparse.Namespace, *, required: bool = True) -> Optional[str]:
+    key = _given_api_key(ns)
     if key is None and required:
         raise UsageError(f"no API key: pass --api-key or set {ENV_KEY} (or {ENV_SECRET})")
     if key is not None and not key.startswith(("sk_", "pk_")):
@@ -400,13 +413,16 @@ def _report_drain(prog: str, result: DrainResult, as_json: bool) -> int:
     elif result.to_send == 0 and result.delivered == 0 and not result.error:
         _out(f"{prog}: nothing to send; {result.spool} has no pending events")
     else:
+        skipped = f"{result.skipped:,} skipped by the server; " if result.skipped else ""
         _out(
             f"{prog}: delivered {result.delivered:,} event(s) in {result.seconds:.1f}s "
             f"({result.rate:,.0f} events/s); {result.dead_lettered} new dead letter(s); "
-            f"{result.left:,} left"
+            f"{skipped}{result.left:,} left"
         )
         if result.dead_lettered:
             _out(f"  see why: segops dead-letters list --spool {result.spool}")
+        if result.skipped:
+            _out("  the server dropped the skipped events as invalid: they were not stored")
     if result.left:
         reason = result.error or "events are still leased by another process"
         sys.stderr.write(
@@ -457,7 +473,7 @@ def _status_all(ns: argparse.Namespace) -> int:
     cannot be read gets a row saying why, the others are still shown, and the exit code is 1
     once every row is out."""
     folder = default_spool_dir()
-    paths = sorted(folder.glob("*.sqlite3")) if folder.is_dir() else []
+    paths = _spool_files(folder)
     rows: List[_StatusRow] = []
     for path in paths:
         try:  # read-only, as for one spool: nothing is created, moved or repaired
@@ -479,6 +495,23 @@ def _status_all(ns: argparse.Namespace) -> int:
             1,
         )
     return 0
+
+
+def _spool_files(folder: Path) -> List[Path]:
+    """The ``*.sqlite3`` files of the spool directory; none when it does not exist. A
+    directory that cannot be listed raises OSError (exit 1): ``glob`` would find nothing and
+    report "no spools", as if all were clear. A path that is not a directory is a
+    configuration error (exit 2)."""
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        raise UsageError(f"the spool directory {folder} is not a directory (check {SPOOL_DIR_ENV})")
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise OSError(f"cannot list the spool directory {folder}: {exc.strerror or exc}") from None
+    # As glob("*.sqlite3") matched: hidden files are not listed.
+    return sorted(folder / n for n in names if n.endswith(".sqlite3") and not n.startswith("."))
 
 
 def _status_row_json(row: _StatusRow) -> Dict[str, Any]:
@@ -521,6 +554,11 @@ def _print_table(table: Sequence[Sequence[str]]) -> None:
 # -- dead letters ------------------------------------------------------------------------
 
 
+def _collapsed(text: str) -> str:
+    """``text`` on one line: a table row must not break on a multi-line reason."""
+    return " ".join(text.split())
+
+
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -533,7 +571,7 @@ def _preview(data: bytes, width: int = 80) -> str:
         text = f"{item.get('event_type')} user={item.get('user_id')} payload={payload}"
     else:
         text = str(item)
-    return _shorten(" ".join(text.split()), width)
+    return _shorten(_collapsed(text), width)
 
 
 def _iso(ts: float) -> str:
@@ -548,7 +586,9 @@ def _event_json(data: bytes) -> Any:
 
 
 def cmd_dead_list(ns: argparse.Namespace) -> int:
-    """``segops dead-letters list``."""
+    """``segops dead-letters list``. Reasons are the server's words, stored by any version of
+    the client: keys and tokens in them are redacted here too."""
+    key = _given_api_key(ns)
     store = open_spool(_spool_path(ns))
     try:
         letters = store.dead_letters(limit=ns.limit)
@@ -561,7 +601,7 @@ def cmd_dead_list(ns: argparse.Namespace) -> int:
             [
                 {
                     "id": d.id,
-                    "reason": d.reason,
+                    "reason": redact_secrets(d.reason, key),
                     "failed_at": _iso(d.failed_at),
                     "event": _event_json(d.data),
                 }
@@ -573,7 +613,13 @@ def cmd_dead_list(ns: argparse.Namespace) -> int:
         _out(f"no dead letters in {store.path}")
         return 0
     table = [("ID", "FAILED AT (UTC)", "REASON", "EVENT")] + [
-        (str(d.id), _iso(d.failed_at), _shorten(d.reason, 48), _preview(d.data)) for d in letters
+        (
+            str(d.id),
+            _iso(d.failed_at),
+            _shorten(_collapsed(redact_secrets(d.reason, key)), 48),
+            _preview(d.data),
+        )
+        for d in letters
     ]
     _print_table(table)
     return 0
@@ -604,6 +650,12 @@ def cmd_dead_retry(ns: argparse.Namespace) -> int:
         sys.stderr.write(
             f"segops dead-letters retry: error: {result.dead_lettered} event(s) were rejected "
             "again and are back in the dead letters\n"
+        )
+        return 1
+    if code == 0 and result.skipped:
+        sys.stderr.write(
+            f"segops dead-letters retry: error: the server skipped {result.skipped} event(s) "
+            "as invalid: they were not stored\n"
         )
         return 1
     return code
@@ -734,6 +786,7 @@ def cmd_track(ns: argparse.Namespace) -> int:
     )
     error: Optional[str] = None
     try:
+        dead_before = client.stats().dead_letters  # a refusal shows as a new dead letter
         tracked = client.track_many(events)
         try:
             if ns.timeout != 0:  # 0: spool only, no network at all
@@ -743,29 +796,36 @@ def cmd_track(ns: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)
-    delivered = client.stats().delivered  # the snapshot taken by shutdown()
+    final = client.stats()  # the snapshot taken by shutdown()
     status = spool_status(path)
     left = status.pending + status.leased
+    dead_lettered = max(0, final.dead_letters - dead_before)
+    refused = describe_refusals(dead_lettered, final.skipped, status.path, seen.rejected)
     if ns.json:
         _print_json(
             {
                 "spool": status.path,
                 "tracked": tracked,
-                "delivered": delivered,
+                "delivered": final.delivered - final.skipped,
+                "dead_lettered": dead_lettered,
+                "skipped": final.skipped,
                 "left": left,
-                "error": error,
+                "error": "; ".join(filter(None, (refused, error))) or None,
             }
         )
     else:
         _out(
-            f"segops track: spooled {tracked} event(s); delivered {delivered}; "
-            f"{left} waiting in {status.path}"
+            f"segops track: spooled {tracked} event(s); delivered "
+            f"{final.delivered - final.skipped}; {left} waiting in {status.path}"
         )
     if left and error:
         sys.stderr.write(
             f"segops track: {left} event(s) stay spooled for the next run or `segops replay`: "
             f"{error}\n"
         )
+    if refused:  # not stored, and no later run will send them: the script must know
+        sys.stderr.write(f"segops track: error: {refused}\n")
+        return 1
     return 0
 
 

@@ -19,7 +19,15 @@ import httpx
 import spool
 
 from ._client import SegOpsClient
-from ._errors import AuthError, DeliveryError, FlushTimeout, SegOpsError, translate_spool_error
+from ._errors import (
+    AuthError,
+    DeliveryError,
+    EventRejected,
+    EventsSkipped,
+    FlushTimeout,
+    SegOpsError,
+    translate_spool_error,
+)
 from ._paths import normalize_url, redact
 from ._types import UserContext
 
@@ -123,29 +131,118 @@ def describe_failure(exc: BaseException, api_url: str, api_key: str) -> str:
 
 class LastError:
     """An ``on_error`` handler that keeps the latest background failure, to explain a
-    timeout with its cause ("server unreachable") rather than just "timed out"."""
+    timeout with its cause ("server unreachable") rather than just "timed out".
+
+    A refused event (dead-lettered, or skipped by the server; the client's counters have
+    them) is an outcome to report, not why other events are still waiting: the latest
+    dead-lettering is kept apart in ``rejected``, for its reason."""
 
     def __init__(self) -> None:
         self.exc: Optional[BaseException] = None
+        self.rejected: Optional[EventRejected] = None
 
     def __call__(self, exc: BaseException) -> None:
-        self.exc = exc
+        if isinstance(exc, EventRejected):
+            self.rejected = exc
+        elif not isinstance(exc, EventsSkipped):
+            self.exc = exc
 
     def describe(
-        self, exc: BaseException, api_url: str, api_key: str, *, leased_elsewhere: int = 0
+        self,
+        exc: BaseException,
+        api_url: str,
+        api_key: str,
+        *,
+        leased: int = 0,
+        own_request: bool = False,
+        reachability: Optional[Callable[[], Optional[str]]] = None,
     ) -> str:
+        """Why events are left. For a timeout with no failure seen, what the sender was up
+        against: the server unreachable (``reachability``, default :func:`probe`), this
+        process's own request unanswered, or ``leased`` events held by another process."""
         if not isinstance(exc, FlushTimeout):
             return describe_failure(exc, api_url, api_key)
         if isinstance(self.exc, DeliveryError):
             cause = describe_failure(self.exc, api_url, api_key)
-        else:  # no failure seen: say what the sender was up against when time ran out
-            cause = probe(api_url) or (
-                f"{leased_elsewhere} event(s) are leased by another process (a live sender, "
-                "or a dead one whose lease has not expired yet)"
-                if leased_elsewhere
-                else "the server did not answer in time"
-            )
+        else:
+            cause = (reachability or (lambda: probe(api_url)))() or _unanswered(leased, own_request)
         return f"{cause}; gave up with {exc.pending} event(s) pending"
+
+
+def _unanswered(leased: int, own_request: bool) -> str:
+    if own_request:  # its batch is leased too: not another process's doing
+        return "the server had not answered this command's own request yet"
+    if leased:
+        return (
+            f"{leased} event(s) are leased by another process (a live sender, "
+            "or a dead one whose lease has not expired yet)"
+        )
+    return "the server did not answer in time"
+
+
+def own_request_running() -> bool:
+    """True while a request this process sent is still waiting for its answer: the client
+    runs a send bounded by a deadline on a "segops-send" thread, and leaves it running past
+    the deadline (a drain's client is the only sender of its process)."""
+    return any(t.name == "segops-send" and t.is_alive() for t in threading.enumerate())
+
+
+#: After a drain's deadline, at most this long is spent finding out why it timed out
+#: (``docs/cli.md`` promises half a second; the rest is left for the closing summary).
+DIAGNOSIS_TIME = 0.4
+#: The probe starts this long before the deadline, so it gets its full 0.5 s request timeout
+#: although the drain waits for it at most DIAGNOSIS_TIME past the deadline.
+PROBE_LEAD = 0.3
+
+
+class EarlyProbe:
+    """:func:`probe`, started PROBE_LEAD before ``deadline`` on a daemon thread; its answer
+    is awaited until DIAGNOSIS_TIME past it. The client's own wait for an unanswered
+    request runs past the deadline too (up to 0.25 s): the two overlap instead of adding up."""
+
+    def __init__(self, api_url: str, deadline: float) -> None:
+        self._api_url = api_url
+        self._deadline = deadline
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._answer: Optional[str] = None
+        threading.Thread(target=self._run, name="segops-probe", daemon=True).start()
+
+    def _run(self) -> None:
+        if self._cancelled.wait(_wait_until(self._deadline - PROBE_LEAD)):
+            return
+        self._answer = probe(self._api_url)
+        self._done.set()
+
+    def __call__(self) -> Optional[str]:
+        """The probe's answer, or ``None`` when it had none in time."""
+        self._done.wait(_wait_until(self._deadline + DIAGNOSIS_TIME))
+        return self._answer
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+
+def _wait_until(moment: float) -> float:
+    """Seconds from now until the monotonic ``moment``, as an Event.wait() accepts them."""
+    return min(threading.TIMEOUT_MAX, max(0.0, moment - time.monotonic()))
+
+
+def describe_refusals(
+    dead_lettered: int, skipped: int, spool_path: str, last: Optional[EventRejected] = None
+) -> Optional[str]:
+    """One line about the events the server refused (dead-lettered, with the ``last``
+    reason when known) or skipped; ``None`` when there were none."""
+    parts = []
+    if dead_lettered:
+        why = f" (HTTP {last.status}: {last.detail})" if last is not None else ""
+        parts.append(
+            f"the server refused {dead_lettered} event(s){why}; moved to the dead letters, "
+            f"see: segops dead-letters list --spool {spool_path}"
+        )
+    if skipped:
+        parts.append(f"the server skipped {skipped} event(s) as invalid: they were not stored")
+    return "; ".join(parts) or None
 
 
 def probe(api_url: str, timeout: float = 0.5) -> Optional[str]:
@@ -179,12 +276,15 @@ class Progress:
 
 @dataclass(frozen=True)
 class DrainResult:
-    """How a drain ended. ``left`` counts the events that were there when it started."""
+    """How a drain ended. ``left`` counts the events that were there when it started;
+    ``delivered`` those the server stored, ``skipped`` those it answered 2xx for but
+    dropped as invalid (gone from the spool, like delivered ones)."""
 
     spool: str
     to_send: int
     delivered: int
     dead_lettered: int
+    skipped: int
     dead_total: int
     left: int
     pending_now: int
@@ -206,6 +306,7 @@ class DrainResult:
             "to_send": self.to_send,
             "delivered": self.delivered,
             "dead_lettered": self.dead_lettered,
+            "skipped": self.skipped,
             "dead_letters_total": self.dead_total,
             "left": self.left,
             "pending_now": self.pending_now,
@@ -267,6 +368,7 @@ def _drain(
     )
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
+    reachability = None if deadline is None else EarlyProbe(api_url, deadline)
     outcome: Dict[str, Optional[str]] = {"error": None}
 
     def work() -> None:
@@ -277,9 +379,13 @@ def _drain(
                 client.flush(timeout=left)
                 return
             except FlushTimeout as exc:
-                leased = inspect.stats().leased  # our own batch went back when time ran out
                 outcome["error"] = f"timed out after {timeout:g}s: " + seen.describe(
-                    exc, api_url, api_key, leased_elsewhere=leased
+                    exc,
+                    api_url,
+                    api_key,
+                    leased=inspect.stats().leased,
+                    own_request=own_request_running(),
+                    reachability=reachability,
                 )
                 return
             except AuthError as exc:
@@ -308,16 +414,19 @@ def _drain(
                 remaining = inspect.pending_through(target)
                 on_progress(Progress(client.stats().delivered, remaining, time.monotonic() - start))
     finally:
+        if reachability is not None:
+            reachability.cancel()
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)  # no second attempt: what is left stays spooled
-    delivered = client.stats().delivered  # the snapshot taken by shutdown()
+    final = client.stats()  # the snapshot taken by shutdown()
     elapsed = time.monotonic() - start
     stats = inspect.stats()
     return DrainResult(
         spool=str(inspect.path),
         to_send=to_send,
-        delivered=delivered,
+        delivered=final.delivered - final.skipped,
         dead_lettered=max(0, stats.dead - dead_before),
+        skipped=final.skipped,
         dead_total=stats.dead,
         left=inspect.pending_through(target),
         pending_now=stats.pending + stats.leased,

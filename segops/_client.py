@@ -575,7 +575,7 @@ class SegOpsClient:
         except BaseException:  # e.g. Ctrl-C right here: the slot must not stay taken
             self._send_ended(worker)
             raise
-        worker.join(max(0.0, deadline - time.monotonic()) + _OVERRUN_GRACE)
+        worker.join(_seconds_until(deadline, _OVERRUN_GRACE))
         if not outcome:
             raise _Overran
         ok, value = outcome[0]
@@ -615,7 +615,7 @@ class SegOpsClient:
             if oldest is None:
                 time.sleep(0.005)
             else:
-                oldest.join(max(0.0, deadline - time.monotonic()))
+                oldest.join(_seconds_until(deadline))
             if time.monotonic() >= deadline:
                 raise _Overran
 
@@ -762,6 +762,12 @@ class SegOpsClient:
             logger.exception("segops: exit flush failed; events stay in the spool")
 
 
+def _seconds_until(deadline: float, extra: float = 0.0) -> float:
+    """What is left until ``deadline`` (plus ``extra``), for a thread join: a timeout of
+    centuries is allowed, but a join longer than ``threading.TIMEOUT_MAX`` raises."""
+    return min(threading.TIMEOUT_MAX, max(0.0, deadline - time.monotonic()) + extra)
+
+
 def _deadline(timeout: Optional[float]) -> Optional[float]:
     """The monotonic deadline of a ``timeout`` in seconds: None (and infinity) wait for
     good, a negative one is spent already; NaN is refused rather than never expiring."""
@@ -818,9 +824,12 @@ def _check_settings(
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
-            or not 0 < value < math.inf  # NaN fails this too
+            or not 0 < value <= threading.TIMEOUT_MAX  # NaN fails this too; so does inf
         ):
-            raise ConfigurationError(f"{name} must be a positive, finite number of seconds")
+            # Past TIMEOUT_MAX (some 292 years) a socket timeout or a flusher wait overflows.
+            raise ConfigurationError(
+                f"{name} must be a positive number of seconds, at most threading.TIMEOUT_MAX"
+            )
 
 
 def _open_spool(path: Path, durability: str, max_bytes: Optional[int]) -> spool.Spool:

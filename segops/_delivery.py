@@ -25,6 +25,7 @@ from ._errors import (
     translate_spool_error,
 )
 from ._http import BATCH_PATH, SINGLE_PATH, HttpSender, Reply
+from ._paths import redact_secrets
 from ._retry import RETRY_AFTER_CAP, Retryable, RetryPolicy, call_with_retries
 from ._session import Session, Token
 
@@ -227,7 +228,8 @@ class Delivery:
     ) -> List[spool.Batch]:
         if len(batch.records) > 1:
             return list(self._spool.split(batch))
-        reason = f"HTTP {exc.reply.status}: {exc.reply.detail()}"
+        detail = redact_secrets(exc.reply.detail(), self._api_key)  # stored, then printed
+        reason = f"HTTP {exc.reply.status}: {detail}"
         self._spool.dead_letter(batch.records, reason)
         self._spool.ack(batch)  # drops the now-empty batch instead of leaving it to expire
         self._counters.add(dead_lettered=1)
@@ -235,7 +237,7 @@ class Delivery:
             EventRejected(
                 f"the server rejected an event; moved to dead letters ({reason})",
                 status=exc.reply.status,
-                detail=exc.reply.detail(),
+                detail=detail,
             )
         )
         return []
@@ -350,8 +352,9 @@ class Delivery:
 
 def _left(deadline: Optional[float]) -> Optional[float]:
     """Seconds until ``deadline`` (negative once it passed; the HTTP layer takes 50 ms at
-    least), or ``None`` for no deadline."""
-    return None if deadline is None else deadline - time.monotonic()
+    least), or ``None`` for no deadline. Capped at ``threading.TIMEOUT_MAX``: the session
+    mint waits on a lock with it."""
+    return None if deadline is None else min(threading.TIMEOUT_MAX, deadline - time.monotonic())
 
 
 def _affordable_wait(policy: RetryPolicy, deadline: Optional[float]) -> float:

@@ -132,11 +132,19 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
+
+
 def _redact(key: str) -> str:
-    """``sk_dev_secret`` -> ``sk_dev…cret``: enough to recognise, never the whole key."""
-    if len(key) <= 10:
+    """``sk_dev_secret`` -> ``sk_dev_…cret``, by the client's rule (``segops._paths.redact``,
+    not imported: the server stays independent of the client). A key of 12 characters or
+    fewer shows only its prefix: four more characters would give most of it away. A longer
+    one shows a known environment word and the last four characters, nothing else."""
+    if len(key) <= 12:
         return key[:3] + "…"
-    return f"{key[:6]}…{key[-4:]}"
+    env = key[3:].split("_", 1)[0] if key.count("_") >= 2 else ""
+    prefix = key[:3] + (env + "_" if env in _KEY_ENVIRONMENTS else "")
+    return f"{prefix}…{key[-4:]}"
 
 
 def parse_iso8601(text: str) -> Optional[datetime]:
@@ -420,8 +428,9 @@ class DevServer:
 
     @fail_status.setter
     def fail_status(self, value: int) -> None:
-        if not 100 <= int(value) <= 599:
-            raise ValueError(f"fail_status must be an HTTP status 100..599, got {value}")
+        # A 1xx-3xx "failure" is none: a 2xx would even count as delivered, storing nothing.
+        if not 400 <= int(value) <= 599:
+            raise ValueError(f"fail_status must be a failure status 400..599, got {value}")
         self._fail_status = int(value)
 
     @property
@@ -1089,7 +1098,8 @@ class DevServer:
             if not _signature_ok(secret, user_id, sig, ts):
                 self._count("unauthorized")
                 return _Answer(401, {"detail": "Invalid user_id signature."})
-            if abs(time.time() - ts) > SIGNATURE_TOLERANCE:
+            now = time.time()  # compared, not subtracted: an int past float range is valid
+            if not now - SIGNATURE_TOLERANCE <= ts <= now + SIGNATURE_TOLERANCE:
                 self._count("unauthorized")
                 return _Answer(
                     401,
@@ -1246,6 +1256,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
+
+    def __getattr__(self, name: str) -> Any:
+        # Every other method (TRACE, CONNECT, PROPFIND, ...) is routed too: an API path
+        # answers 405 with Allow, as a wrong method should, not the stdlib's 501.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
     def version_string(self) -> str:
         return self.server_version

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import httpx
 
-from ._paths import normalize_url
+from ._paths import normalize_url, redact_secrets
 from ._retry import Retryable
 from ._version import __version__
 
@@ -53,7 +53,8 @@ class Reply:
             return None
 
     def detail(self) -> str:
-        """The server's explanation (``{"detail": ...}`` or field errors), kept short."""
+        """The server's explanation (``{"detail": ...}`` or field errors), kept short, with
+        anything shaped like a key or a session token redacted: servers echo credentials."""
         data = self.json()
         if isinstance(data, dict) and "detail" in data:
             text = str(data["detail"])
@@ -61,7 +62,7 @@ class Reply:
             text = "; ".join(f"{k}: {v}" for k, v in data.items())
         else:
             text = self.body.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
-        return text[:500]
+        return redact_secrets(text)[:500]
 
     def retry_after(self) -> Optional[float]:
         """``Retry-After`` in seconds, from either delta-seconds or an HTTP date."""

@@ -60,8 +60,13 @@ def make_cache_dir_private() -> None:
 
 
 def normalize_url(api_url: str) -> str:
-    """The base URL with one trailing slash stripped, as the API doc says."""
-    return api_url[:-1] if api_url.endswith("/") else api_url
+    """The base URL without trailing slashes (the API doc says to strip one before joining).
+
+    Idempotent: the client normalizes its URL and then names the spool from it, the CLI names
+    it from the URL as given, and both must pick the same file whatever the URL ends with.
+    (Stripping only one made ``…//`` two different spools.) A URL with one trailing slash or
+    none, the usual ones, keeps its spool name."""
+    return api_url.rstrip("/")
 
 
 def redact(secret: str) -> str:
@@ -78,6 +83,26 @@ _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbo
 
 
 _KEY_LIKE = re.compile(r"\b[sp]k_[^\s/?#&\"']+")
+# A JWT (header.payload.signature, base64url; the header starts with '{"' = "eyJ"): the
+# shape of the session tokens the server mints.
+_JWT_LIKE = re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
+def redact_secrets(text: str, *secrets: Optional[str]) -> str:
+    """Server text (an error detail, a dead letter's reason) made safe to store and print:
+    each of ``secrets`` (this client's key; ``None`` is skipped), anything shaped like an
+    ``sk_``/``pk_`` key and any JWT (a session token) come out as :func:`redact` shows keys."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, redact(secret))
+    text = _KEY_LIKE.sub(_redact_match, text)
+    return _JWT_LIKE.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    # A key redacted already (by the line above, or before the text was stored) stays as it is.
+    found = match.group()
+    return found if "…" in found else redact(found)
 
 
 def display_url(text: str, api_key: Optional[str] = None) -> str:

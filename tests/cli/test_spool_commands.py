@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import socket
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import segops
@@ -58,6 +62,34 @@ def test_replay_uses_the_default_spool(cli: Runner, server: DevServer, spool_dir
     assert sorted(server_ids(server)) == sorted(ids)
 
 
+@pytest.mark.parametrize("ending", ["", "/", "//", "///"])
+def test_the_cli_finds_the_library_spool_whatever_the_url_ends_with(
+    bare_cli: Runner,
+    base_env: Dict[str, str],
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+) -> None:
+    """The CLI and the library pick the same default spool, even for a URL ending in //."""
+    url = "http://127.0.0.1:9" + ending  # nothing listens: the event stays spooled
+    monkeypatch.setenv("SEGOPS_SPOOL_DIR", str(spool_dir))
+    client = segops.SegOpsClient(url, SECRET, background=False)
+    client.track(user_id="u", event_type="e")
+    with contextlib.suppress(segops.SegOpsError):
+        client.shutdown(timeout=0)
+    env = {**base_env, "SEGOPS_API_URL": url, "SEGOPS_API_KEY": SECRET}
+    result = bare_cli("status", "--json", env=env)
+    assert result.code == 0, result.err
+    assert result.json()["spool"] == str(client.spool_path) and result.json()["pending"] == 1
+
+
+def test_spool_names_of_plain_urls_do_not_change() -> None:
+    """Existing spools keep their names: pinned for a URL with and without its slash."""
+    for url in ("http://127.0.0.1:8765", "http://127.0.0.1:8765/"):
+        name = segops._paths.spool_name(url, "sk_dev_secret")
+        assert name == "spool-1be3094b29079fe9a454161e.sqlite3"
+
+
 def test_replay_with_server_down(cli: Runner, server: DevServer, spool_file: Path) -> None:
     """Server unreachable: exit 1, the reason on stderr, every event still spooled."""
     seed(spool_file, 40)
@@ -81,6 +113,29 @@ def test_replay_with_rejected_key(
     assert "refused the API key" in result.err and "HTTP 401" in result.err
     assert wrong not in result.err + result.out
     assert pending(spool_file) == 4
+
+
+def spool_unstorable_event(path: Path) -> None:
+    """Append an event the server answers 2xx for but skips (an unparseable occurred_at)."""
+    with spool.Spool(path) as store:
+        store.append(json.dumps({**event("skip-me"), "occurred_at": "yesterday"}).encode())
+
+
+def test_replay_reports_events_the_server_skipped(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """A 2xx with skipped > 0: replay counts those events as skipped, not delivered (exit 0)."""
+    seed(spool_file, 2)
+    spool_unstorable_event(spool_file)
+    result = cli("replay", "--spool", str(spool_file), "--json")
+    assert result.code == 0, result.err
+    summary = result.json()
+    assert (summary["delivered"], summary["skipped"], summary["left"]) == (2, 1, 0)
+    spool_unstorable_event(spool_file)
+    text = cli("replay", "--spool", str(spool_file))
+    assert text.code == 0, text.err
+    assert "delivered 0 event(s)" in text.out and "1 skipped by the server" in text.out
+    assert server.stats()["skipped"] == 2
 
 
 def test_replay_of_missing_spool_creates_nothing(cli: Runner, spool_file: Path) -> None:
@@ -149,6 +204,40 @@ def test_replay_timeout_names_a_live_lease(
     assert result.code == 1
     assert "leased by another process" in result.err, result.err
     assert not [r for r in server.requests if r.path.startswith("/api/")]  # nothing sent
+
+
+def test_replay_timeout_names_its_own_unanswered_request(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """replay --timeout waiting on its own slow request says so, not "another process"."""
+    seed(spool_file, 5)
+    server.latency_ms = 3000.0
+    result = cli("replay", "--spool", str(spool_file), "--timeout", "1")
+    assert result.code == 1
+    assert "had not answered this command's own request" in result.err, result.err
+    assert "another process" not in result.err
+
+
+@pytest.fixture
+def mute_url() -> Iterator[str]:
+    """The URL of a socket that takes connections (the kernel's backlog) but never answers."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        yield f"http://127.0.0.1:{hole.getsockname()[1]}"
+
+
+def test_replay_timeout_keeps_its_documented_bound(
+    cli: Runner, spool_file: Path, env: Dict[str, str], mute_url: str
+) -> None:
+    """Against a mute server, replay --timeout T ends (diagnosis included) by T + 0.5 s."""
+    seed(spool_file, 1)
+    mute_env = {**env, "SEGOPS_API_URL": mute_url}
+    result = cli("replay", "--spool", str(spool_file), "--timeout", "1", "--json", env=mute_env)
+    assert result.code == 1
+    summary = result.json()
+    assert summary["seconds"] <= 1.5, summary
+    assert "unreachable" in summary["error"] and summary["left"] == 1
 
 
 def test_replay_races_a_live_client(cli: Runner, server: DevServer, spool_file: Path) -> None:
@@ -300,6 +389,46 @@ def test_status_all_with_no_spools(cli: Runner, spool_dir: Path) -> None:
     assert not spool_dir.exists()
 
 
+@pytest.fixture
+def as_ordinary_user() -> List[str]:
+    """A command prefix under which permission bits apply (root ignores them otherwise)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, and no setpriv to drop the capabilities")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o300], ids=["mode-000", "mode-300"])
+def test_status_all_fails_on_a_spool_dir_it_cannot_list(
+    base_env: Dict[str, str], spool_dir: Path, as_ordinary_user: List[str], mode: int
+) -> None:
+    """status --all on an unlistable spool dir: one-line error, exit 1 (not "no spools")."""
+    seed(spool_dir / "a.sqlite3", 1)
+    spool_dir.chmod(mode)
+    try:
+        command = [*as_ordinary_user, sys.executable, "-m", "segops", "status", "--all"]
+        proc = subprocess.run(command, env=base_env, capture_output=True, text=True, timeout=60)
+    finally:
+        spool_dir.chmod(0o700)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (
+        f"segops status: error: cannot list the spool directory {spool_dir}: Permission denied\n"
+    )
+
+
+def test_status_all_fails_when_the_spool_dir_is_a_file(cli: Runner, spool_dir: Path) -> None:
+    """SEGOPS_SPOOL_DIR naming a file is a configuration error (exit 2), not "no spools"."""
+    spool_dir.parent.mkdir(parents=True, exist_ok=True)
+    spool_dir.write_bytes(b"")
+    result = cli("status", "--all")
+    assert result.code == 2 and result.out == ""
+    assert result.err_lines == [
+        f"segops status: error: the spool directory {spool_dir} is not a directory "
+        "(check SEGOPS_SPOOL_DIR)"
+    ]
+
+
 def poison(item: Dict[str, Any]) -> Optional[str]:
     """reject_when hook: refuse events whose payload says poison."""
     return "poison event refused" if item.get("payload", {}).get("poison") else None
@@ -313,7 +442,7 @@ def with_dead_letter(cli: Runner, server: DevServer, spool_file: Path) -> Path:
     lines.insert(2, event("bad", poison=True))
     stdin = "\n".join(json.dumps(x) for x in lines) + "\n"
     result = cli("track", "--jsonl", "-", "--spool", str(spool_file), stdin=stdin)
-    assert result.code == 0, result.err
+    assert result.code == 1 and "refused 1 event(s)" in result.err, result.err
     assert sorted(server_ids(server)) == [f"ok-{i}" for i in range(4)]
     return spool_file
 
@@ -344,6 +473,62 @@ def test_dead_letters_retry(cli: Runner, server: DevServer, with_dead_letter: Pa
     assert sorted(server_ids(server)) == sorted(["bad"] + [f"ok-{i}" for i in range(4)])
     empty = cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json")
     assert empty.json() == []
+
+
+def test_dead_letters_retry_fails_when_the_server_skips_them(
+    cli: Runner, server: DevServer, with_dead_letter: Path
+) -> None:
+    """retry whose events the server skips (2xx, not stored) exits 1, as when rejected again."""
+    server.reject_when = None
+    server.script([(200, {"queued": 0, "skipped": 1})])
+    result = cli("dead-letters", "retry", "--spool", str(with_dead_letter), "--json")
+    assert result.code == 1
+    assert result.json()["skipped"] == 1 and result.json()["delivered"] == 0
+    assert result.err_lines == [
+        "segops dead-letters retry: error: the server skipped 1 event(s) as invalid: "
+        "they were not stored"
+    ]
+
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1LTEifQ.c2lnbmF0dXJl"  # JWT-shaped
+HTML_400 = f"<html>\n<body>\nBad\tRequest: Bearer {TOKEN}\n</body>\n</html>"
+
+
+def test_dead_letter_reasons_are_stored_without_credentials(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """A 400/422 body that echoes the API key or a session token is stored redacted."""
+    seed(spool_file, 2)
+    echo = (422, {"detail": f"Authorization was ApiKey {SECRET}"})
+    server.script([echo, echo, (400, HTML_400)])  # the batch, then each event alone
+    assert cli("replay", "--spool", str(spool_file)).code == 0
+    with spool.Spool(spool_file) as store:
+        reasons = [d.reason for d in store.dead_letters()]
+    assert reasons == [
+        "HTTP 422: Authorization was ApiKey sk_…6789",
+        "HTTP 400: <html>\n<body>\nBad\tRequest: Bearer eyJ…dXJl\n</body>\n</html>",
+    ]
+
+
+def test_dead_letters_list_redacts_and_keeps_one_line_per_letter(
+    cli: Runner, spool_file: Path
+) -> None:
+    """Stored reasons: list hides keys and tokens (--json too); a multi-line one keeps its row."""
+    seed(spool_file, 0)
+    with spool.Spool(spool_file) as store:
+        store.append_many([json.dumps(event("a")).encode(), json.dumps(event("b")).encode()])
+        batch = store.claim(2)
+        assert batch is not None
+        store.dead_letter(batch.records[:1], f"HTTP 422: key {SECRET} refused")
+        store.dead_letter(batch.records[1:], f"HTTP 400: {HTML_400}")
+        store.ack(batch)
+    listed = cli("dead-letters", "list", "--spool", str(spool_file), "--json")
+    assert listed.code == 0 and SECRET not in listed.out and TOKEN not in listed.out
+    assert "sk_…6789" in listed.json()[0]["reason"]
+    table = cli("dead-letters", "list", "--spool", str(spool_file))
+    assert table.code == 0 and SECRET not in table.out and TOKEN not in table.out
+    rows = table.out.splitlines()
+    assert len(rows) == 3 and "Bad Request: Bearer" in rows[2], table.out
 
 
 @pytest.mark.parametrize("select", [[], ["--id", "3"]])

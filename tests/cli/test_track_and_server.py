@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from clihelp import REPO, SECRET, Runner, event, pending, server_ids
+from clihelp import REPO, SECRET, Runner, event, pending, seed, server_ids
 from segops.devserver import DevServer
 
 
@@ -125,6 +125,20 @@ def test_track_server_down_keeps_events(cli: Runner, server: DevServer, spool_fi
     assert sorted(server_ids(server)) == ["d-0", "d-1", "d-2"]
 
 
+def test_track_reports_an_event_the_server_refused(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """A 400 dead-letters the event: track says so with the reason, in --json too, exit 1."""
+    server.reject_when = lambda item: "event_type 'signup' is reserved"
+    args = ("--user-id", "u", "--event-type", "signup", "--spool", str(spool_file), "--json")
+    result = cli("track", *args)
+    assert result.code == 1
+    report = result.json()
+    assert (report["delivered"], report["dead_lettered"], report["left"]) == (0, 1, 0)
+    assert "'signup' is reserved" in report["error"] and "dead letters" in report["error"]
+    assert result.err_lines == [f"segops track: error: {report['error']}"]
+
+
 def test_track_timeout_0_spools_without_any_network(
     cli: Runner, server: DevServer, spool_file: Path
 ) -> None:
@@ -145,6 +159,20 @@ def test_track_timeout_0_spools_without_any_network(
     report = result.json()
     assert report["tracked"] == 1 and report["left"] == 1 and report["error"] is None
     assert result.err == "" and not server.requests
+
+
+def test_track_and_replay_take_a_timeout_beyond_timeout_max(
+    cli: Runner, server: DevServer, spool_file: Path
+) -> None:
+    """--timeout 1e10 (past threading.TIMEOUT_MAX) delivers instead of overflowing."""
+    args = ("--spool", str(spool_file), "--timeout", "1e10")
+    tracked = cli("track", "--user-id", "u", "--event-type", "t", *args)
+    assert tracked.code == 0 and "delivered 1" in tracked.out, tracked.err
+    assert tracked.err == ""
+    seed(spool_file, 2)
+    replayed = cli("replay", *args, "--json")
+    assert replayed.code == 0, replayed.err
+    assert replayed.json()["delivered"] == 2 and len(server.events()) == 3
 
 
 def test_track_default_spool_then_status(cli: Runner, server: DevServer, spool_dir: Path) -> None:

@@ -6,6 +6,8 @@ import contextlib
 import datetime as dt
 import email.utils
 import json
+import math
+import threading
 import time
 import traceback
 from typing import Any, Callable, List, Optional
@@ -13,7 +15,7 @@ from typing import Any, Callable, List, Optional
 import httpx
 import pytest
 import segops
-from segops._delivery import _classify
+from segops._delivery import _classify, _left
 from segops._encoding import parse_iso8601
 from segops._http import HttpSender, Reply
 from segops._retry import Retryable
@@ -137,6 +139,52 @@ def test_client_honours_retry_after_at_the_seam(tmp_path: Any) -> None:
         client.shutdown(timeout=1)
     assert len(calls) == 2
     assert 0.45 <= calls[1] - calls[0] < 1.5
+
+
+@pytest.mark.parametrize("timeout", [1e10, 1e308, math.inf])
+def test_flush_and_shutdown_take_timeouts_beyond_timeout_max(
+    make_client: Callable[..., segops.SegOpsClient], server: Any, timeout: float
+) -> None:
+    """A timeout past threading.TIMEOUT_MAX (or infinite) waits as needed: no OverflowError."""
+    client = make_client()
+    client.track(user_id="u", event_type="flushed")
+    client.flush(timeout=timeout)
+    client.track(user_id="u", event_type="at_shutdown")
+    client.shutdown(timeout=timeout)
+    assert [e["event_type"] for e in server.events()] == ["flushed", "at_shutdown"]
+
+
+@pytest.mark.parametrize("setting", ["timeout", "flush_interval"])
+@pytest.mark.parametrize("value", [1e10, math.inf])
+def test_client_times_past_timeout_max_are_refused(
+    tmp_path: Any, setting: str, value: float
+) -> None:
+    """timeout/flush_interval past threading.TIMEOUT_MAX are refused (1e10 overflowed later)."""
+    with pytest.raises(segops.ConfigurationError, match=setting):
+        segops.SegOpsClient(
+            "http://127.0.0.1:9", "sk_x", spool_path=tmp_path / "s.sqlite3", **{setting: value}
+        )
+
+
+def test_delivery_wait_is_capped_at_timeout_max() -> None:
+    """The wait handed to a session mint (a lock acquire) never exceeds threading.TIMEOUT_MAX."""
+    assert _left(time.monotonic() + 1e12) == threading.TIMEOUT_MAX
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ({"detail": "bad key sk_live_0123456789abcdef"}, "bad key sk_live_…cdef"),
+        ({"auth": ["pk_test_abcdefghijkl12 revoked"]}, "auth: ['pk_test_…kl12 revoked']"),
+        ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.abc_-123 expired", "token eyJ…-123 expired"),
+        ({"detail": "short sk_a1b2c3d4"}, "short sk_…"),
+    ],
+    ids=["sk-key", "pk-key-in-field-errors", "jwt-in-plain-text", "short-key"],
+)
+def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
+    """Server text that echoes a key or a session token is redacted where it enters."""
+    content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    assert Reply(400, content).detail() == shown
 
 
 # -- session expires_at -----------------------------------------------------------------------

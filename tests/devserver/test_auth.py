@@ -254,6 +254,18 @@ def test_require_signed_refusals(
     assert signed_srv.stats()["tokens_minted"] == 0
 
 
+@pytest.mark.parametrize("ts", [10**400, -(10**400)], ids=["far-future", "far-past"])
+def test_signed_timestamp_past_float_range_is_out_of_window(
+    api: Api, srv: DevServer, ts: int
+) -> None:
+    """A signed user_id_ts too big for a float is refused as out of window (401), not a 500."""
+    resp = api.session(
+        {"user_id": "u-4", "user_id_sig": sign(HMAC_HEX, "u-4", ts), "user_id_ts": ts}
+    )
+    out_of_window = api.session(signed_body(skew=-400))
+    assert (resp.status_code, resp.json()) == (401, out_of_window.json())
+
+
 def test_require_signed_still_allows_anonymous(api: Api, signed_srv: DevServer) -> None:
     """require_signed concerns user ids: anonymous sessions still mint."""
     assert api.session({"anonymous_id": "visitor"}).json()["uid"] == "anon:visitor"

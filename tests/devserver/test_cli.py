@@ -16,6 +16,7 @@ import httpx
 import pytest
 from dshelp import BATCH, event
 from segops import devserver
+from segops._paths import redact
 from segops.devserver import add_arguments, main, run
 
 URL_RE = re.compile(r"segops dev-server listening on (http://127\.0\.0\.1:\d+)")
@@ -78,6 +79,22 @@ def test_subprocess_serves_and_exits_0_on_signal(served: Any, sig: signal.Signal
     assert proc.returncode == 0
     assert "sk_live_supersecret_1234" not in out + err
     assert err == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [("sk_a1b2c3d4", "sk_…"), ("sk_a1b2c3d4e5f6", "sk_…e5f6"), ("sk_dev_secret", "sk_dev_…cret")],
+)
+def test_banner_redacts_the_secret_key_as_the_client_does(key: str, shown: str) -> None:
+    """The first line shows the secret key as segops' redact() would: a short key only as sk_…."""
+    proc = spawn("--secret-key", key)
+    try:
+        line = first_line(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert shown == redact(key)
+    assert f"(secret key {shown}," in line
 
 
 def test_subprocess_flags_apply(served: Any) -> None:
@@ -144,6 +161,21 @@ def test_bad_flag_subprocess_exit_2() -> None:
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 2
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("status", ["200", "302", "399"])
+def test_fail_status_must_be_a_failure_status(status: str) -> None:
+    """--fail-status outside 400..599 exits 2 with one line naming the range (not serving)."""
+    proc = spawn("--fail-status", status)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 2
+    assert err.splitlines() == [
+        f"segops dev-server: error: fail_status must be a failure status 400..599, got {status}"
+    ]
 
 
 def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -229,7 +229,7 @@ def test_reject_when_refuses_whole_batch(api: Api, srv: DevServer) -> None:
     assert api.batch([event(payload={"poison": True})]).status_code == 200
 
 
-@pytest.mark.parametrize("status", [503, 500, 429, 502])
+@pytest.mark.parametrize("status", [503, 500, 429, 502, 400, 599])
 def test_fail_rate_one_always_fails(api: Api, srv: DevServer, status: int) -> None:
     """fail_rate=1.0 answers every ingestion request with fail_status and stores nothing."""
     srv.fail_rate = 1.0
@@ -284,12 +284,23 @@ def test_latency_ms(api: Api, srv: DevServer) -> None:
     assert time.monotonic() - start >= 0.19
 
 
+@pytest.mark.parametrize("status", [100, 204, 302, 399, 600])
+def test_fail_status_must_be_a_failure_status(srv: DevServer, status: int) -> None:
+    """fail_status takes 400..599 only: an injected 2xx would store nothing yet count as sent."""
+    with pytest.raises(ValueError, match=r"400\.\.599"):
+        srv.fail_status = status
+    assert srv.fail_status == 503
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"fail_rate": 1.5},
         {"fail_rate": -0.1},
         {"fail_status": 99},
+        {"fail_status": 200},
+        {"fail_status": 399},
+        {"fail_status": 600},
         {"latency_ms": -1},
         {"rate_limit": "lots"},
         {"rate_limit": "0/min"},

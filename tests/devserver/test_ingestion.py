@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 import pytest
-from dshelp import BATCH, SINGLE, Api, event
+from dshelp import BATCH, SESSION, SINGLE, Api, event, raw_exchange
 from segops.devserver import DevServer
 
 
@@ -220,6 +220,18 @@ def test_routing_errors_are_json(api: Api, method: str, path: str, status: int) 
     assert resp.status_code == status
     assert resp.headers["content-type"] == "application/json"
     assert "detail" in resp.json()
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND"])
+@pytest.mark.parametrize("path", [BATCH, SINGLE, SESSION])
+def test_any_other_method_on_an_api_path_is_405_with_allow(
+    srv: DevServer, method: str, path: str
+) -> None:
+    """Methods the stdlib does not know answer 405 with Allow (not 501), like GET or PUT."""
+    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    head, _, body = raw_exchange(srv, request.encode()).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"\r\nAllow: POST\r\n" in head + b"\r\n"
+    assert json.loads(body) == {"detail": f'Method "{method}" not allowed.'}
 
 
 def test_keep_alive_reuses_one_connection(srv: DevServer) -> None:
