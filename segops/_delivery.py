@@ -324,19 +324,14 @@ class Delivery:
         timeout: Optional[float],
     ) -> Reply:
         """One attempt, each request within ``timeout`` (``None``: the HTTP client's own
-        timeout, and no bound on waiting for a mint). With a ``pk_`` key up to four: a post
-        with a cached token; after a 401 one with the next cached token; after another, a
-        mint and a post. The token is chosen per attempt: a reset_session() between two
-        attempts must not send the records under the next identity."""
-        started = time.monotonic()
+        timeout, and no bound on waiting for a mint). With a ``pk_`` key up to four: a mint
+        and the post, and both again after a 401 (as the API doc says: re-mint once). The
+        token is chosen per attempt: a reset_session() between two attempts must not send
+        the records under the next identity."""
         token = self._session_token(first_id, timeout)
         reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
-        for _ in range(2):  # an old era's token, then the current cached one (revoked too)
-            if reply.status != 401 or token is None or self._session is None:
-                break
-            self._session.invalidate(token)
-            if token.minted_at >= started:
-                break  # minted for this very attempt and refused: not a stale token
+        if reply.status == 401 and token is not None and self._session is not None:
+            self._session.refused(token)  # and the cached current token: mint once
             token = self._session_token(first_id, timeout)
             reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
         return _classify(reply)

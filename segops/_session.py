@@ -28,7 +28,6 @@ class Token:
     value: str
     expires_at: float
     uid: str
-    minted_at: float = 0.0  # time.monotonic() when the answer came
 
     def fresh(self, now: float, skew: float = REFRESH_SKEW) -> bool:
         return now < self.expires_at - skew
@@ -110,9 +109,13 @@ class Session:
         if token is not None:
             return token
         deadline = None if timeout is None else time.monotonic() + timeout
+        if _held(self._lock):
+            # A signal handler that interrupted this thread inside a reset or a mint: the
+            # mint in flight on another thread waits for this thread to store its token.
+            if not self._mint_lock.acquire(blocking=False):
+                return self._mint_and_cache(timeout, alongside=True)
         # The lock holder may be stuck on a mute server for a whole request timeout.
-        acquired = self._mint_lock.acquire(timeout=-1 if deadline is None else _left(deadline))
-        if not acquired:
+        elif not self._mint_lock.acquire(timeout=-1 if deadline is None else _left(deadline)):
             raise Retryable("session mint: timed out waiting for the mint in flight")
         try:
             # Meanwhile another thread may have minted, or a reset_session() may have ended
@@ -130,13 +133,14 @@ class Session:
         index = bisect.bisect_left(state.ends, first_id)
         return index < len(state.ends) and last_id > state.ends[index]
 
-    def invalidate(self, token: Token) -> None:
-        """The server refused ``token`` (401): drop it, whichever identity it was for."""
+    def refused(self, token: Token) -> None:
+        """The server refused ``token`` (401): drop it, whichever identity it was for, and
+        the current identity's cached token too (the server may have revoked them all): the
+        next request mints once."""
         with self._lock:
             state = self._state
             eras = [replace(era, token=None) if era.token is token else era for era in state.eras]
-            current = None if state.token is token else state.token
-            self._store(state._replace(token=current), eras)
+            self._store(state._replace(token=None), eras)
 
     def reset(self, boundary: Optional[int]) -> None:
         """``reset_session``: a new identity from now on. Records up to ``boundary`` (the
@@ -155,26 +159,50 @@ class Session:
                     eras.append(era)
             self._store(_State(None, state.generation + 1, (), ()), eras)
 
-    def _mint_and_cache(self, timeout: Optional[float]) -> Token:
-        """Mint (caller holds ``_mint_lock``) and keep the token for the identity it was
-        minted for: the current one, or the era a reset ended meanwhile."""
-        with self._lock:
-            generation = self._minting = self._state.generation  # before get_user() is read
+    def _mint_and_cache(self, timeout: Optional[float], *, alongside: bool = False) -> Token:
+        """Mint (caller holds ``_mint_lock``, unless ``alongside`` another mint) and keep the
+        token for the identity it was minted for."""
+        generation: Optional[int] = None
+        token: Optional[Token] = None
         try:
-            token = self._mint(timeout)
+            generation, identity = self._identity_of_a_generation(alongside)
+            token = self._mint(identity, timeout)
+            return token
         finally:
-            self._minting = None
+            self._keep(token, generation, alongside)
+
+    def _identity_of_a_generation(self, alongside: bool) -> Tuple[int, Dict[str, Any]]:
+        """``get_user()``'s answer and the generation it belongs to, marked as minting
+        (unless ``alongside``): read again when a reset_session() came while it ran (it
+        may have answered for either identity)."""
+        for _ in range(3):
+            with self._lock:
+                generation = self._state.generation
+                if not alongside:
+                    self._minting = generation
+            identity = self._identity()
+            if self._state.generation == generation:
+                break
+        return generation, identity
+
+    def _keep(self, token: Optional[Token], generation: Optional[int], alongside: bool) -> None:
+        """Store ``token`` for ``generation`` (the current one, or the era a reset ended
+        meanwhile) and clear the minting mark under the same lock: a reset sees the mint in
+        flight or its token, never neither."""
         with self._lock:
+            if not alongside:
+                self._minting = None
+            if token is None or generation is None:
+                return
             state = self._state
             if generation == state.generation:
                 self._state = state._replace(token=token)
-            else:
-                eras = [
-                    replace(era, token=token) if era.generation == generation else era
-                    for era in state.eras
-                ]
-                self._store(state, eras)
-        return token
+                return
+            eras = [
+                replace(era, token=token) if era.generation == generation else era
+                for era in state.eras
+            ]
+            self._store(state, eras)
 
     def _store(self, state: _State, eras: List[_Era]) -> None:
         """Replace the state with ``state`` holding ``eras`` (caller holds ``_lock``);
@@ -184,8 +212,8 @@ class Session:
             eras = _compacted(eras, self._minting)
         self._state = state._replace(eras=tuple(eras), ends=tuple(era.last_id for era in eras))
 
-    def _mint(self, timeout: Optional[float]) -> Token:
-        body = json.dumps(self._identity(), separators=(",", ":")).encode()
+    def _mint(self, identity: Dict[str, Any], timeout: Optional[float]) -> Token:
+        body = json.dumps(identity, separators=(",", ":")).encode()
         headers = {"Authorization": f"ApiKey {self._api_key}"}
         reply = self._http.post(SESSION_PATH, body, headers, timeout=timeout)
         if reply.ok:
@@ -296,4 +324,4 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's token holds characters a header cannot carry",
             status=reply.status,
         )
-    return Token(value, expires, str(data.get("uid", "")), time.monotonic())
+    return Token(value, expires, str(data.get("uid", "")))

@@ -376,6 +376,55 @@ def test_revoked_tokens_of_an_old_era_and_the_current_identity_are_replaced(
     assert owners == {"alice_1": "alice", "alice_2": "bob", "bob_1": "bob"}
 
 
+def test_401_right_after_a_mint_mints_once_more(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A 401 on the post that follows a fresh mint re-mints once and retries (the API doc's
+    "re-mint on a 401"), whatever the token's age."""
+    srv = make_server()
+    client = pk_client(srv, user("alice"))
+    client.track(user_id="x", event_type="e")
+    srv.script([(401, {"detail": "token revoked"})])
+    client.flush(timeout=10)
+    assert [e["user_id"] for e in srv.events()] == ["alice"]
+    assert len(sessions(srv)) == 2
+
+
+def test_reset_while_get_user_runs_does_not_lend_the_new_identity(
+    make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
+) -> None:
+    """A reset that lands while get_user() runs (it may answer for either identity): the
+    answer is read again, so the new user's token never goes to the old user's events."""
+    srv = make_server()
+    current: Dict[str, str] = {"uid": "alice"}
+
+    def slow_get_user() -> segops.UserContext:
+        time.sleep(0.3)  # e.g. a session-store lookup, then the identity is read
+        return segops.UserContext(user_id=current["uid"])
+
+    client = pk_client(srv, slow_get_user, retry_policy=segops.RetryPolicy(attempts=1))
+    client.track(user_id="x", event_type="alice_1")
+    srv.fail_rate = 1.0  # ingestion fails, mints work: alice_1 stays spooled
+    flushing = threading.Thread(target=_flush_quietly, args=(client,))
+    flushing.start()
+    time.sleep(0.1)  # the mint is inside get_user() now
+    current["uid"] = "bob"
+    client.reset_session()
+    client.track(user_id="x", event_type="bob_1")
+    flushing.join(10)
+    current["uid"] = "carol"
+    client.reset_session()
+    srv.fail_rate = 0.0
+    client.flush(timeout=10)
+    owners = {e["event_type"]: e["user_id"] for e in srv.events()}
+    assert owners == {"alice_1": "carol", "bob_1": "bob"}
+
+
+def _flush_quietly(client: segops.SegOpsClient) -> None:
+    with contextlib.suppress(segops.SegOpsError):
+        client.flush(timeout=5)
+
+
 def test_reset_session_after_shutdown_is_quiet(
     make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
 ) -> None:

@@ -218,3 +218,66 @@ def test_handler_shutdown_interrupting_a_send_of_this_thread(
             proc.wait()
     assert "handler done" in out, out + err
     assert float(out.split("handler done")[1].split()[0]) < 3.0
+
+
+RESET_WHILE_FLUSHER_MINTS_CHILD = """\
+    import os, signal, sys, threading, time
+    import segops
+
+    current = {"uid": "u0"}
+    client = segops.SegOpsClient(
+        sys.argv[1], "pk_dev_public", spool_path=sys.argv[2], timeout=3, batch_size=1,
+        flush_interval=0.05, get_user=lambda: segops.UserContext(user_id=current["uid"]),
+    )
+    session = client._session
+
+    def tracker():
+        while True:
+            client.track(user_id="x", event_type="e")
+            time.sleep(0.002)
+
+    threading.Thread(target=tracker, daemon=True).start()
+
+    def on_alarm(signum, frame):
+        # Only inside reset_session()'s locked part while the flusher mints.
+        if not session._lock._is_owned() or session._mint_lock.acquire(blocking=False):
+            if session._mint_lock._is_owned():
+                session._mint_lock.release()
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        started = time.monotonic()
+        try:
+            client.shutdown(timeout=None)
+        except segops.FlushTimeout:
+            pass
+        print("handler done", round(time.monotonic() - started, 1), flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.01, 0.0002)
+    n = 0
+    while True:
+        n += 1
+        current["uid"] = "u" + str(n)
+        client.reset_session()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_handler_shutdown_inside_reset_while_the_flusher_mints(
+    server: DevServer, tmp_path: Path, spool_file: Path
+) -> None:
+    """shutdown(timeout=None) in a handler that interrupted reset_session() while the
+    flusher mints (and waits for the lock the interrupted reset holds) returns: it mints
+    alongside instead of waiting for that mint."""
+    server.latency_ms = 20
+    script = write_script(tmp_path, "reset_vs_mint.py", RESET_WHILE_FLUSHER_MINTS_CHILD)
+    proc = start_script(script, server.url, str(spool_file))
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "handler done" in out, out + err
+    assert float(out.split("handler done")[1].split()[0]) < 3.0
