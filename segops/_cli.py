@@ -770,7 +770,14 @@ def cmd_track(ns: argparse.Namespace) -> int:
     path = _spool_path(ns)
     if not events:
         if ns.json:
-            empty = {"tracked": 0, "delivered": 0, "left": 0, "error": None}
+            empty = {
+                "tracked": 0,
+                "delivered": 0,
+                "dead_lettered": 0,
+                "skipped": 0,
+                "left": 0,
+                "error": None,
+            }
             _print_json({"spool": str(path.resolve()), **empty})
         else:
             _out("segops track: no events in the input; nothing to do")

@@ -248,6 +248,7 @@ class Delivery:
         data = reply.json()
         skipped = data.get("skipped") if isinstance(data, dict) else None
         if isinstance(skipped, int) and skipped > 0:
+            skipped = min(skipped, len(batch.records))  # a server that over-reports
             self._counters.add(skipped=skipped)
             reports.append(
                 EventsSkipped(

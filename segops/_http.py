@@ -62,7 +62,7 @@ class Reply:
             text = "; ".join(f"{k}: {v}" for k, v in data.items())
         else:
             text = self.body.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
-        return redact_secrets(text)[:500]
+        return redact_secrets(" ".join(text.split()))[:500]  # one line: an HTML page has many
 
     def retry_after(self) -> Optional[float]:
         """``Retry-After`` in seconds, from either delta-seconds or an HTTP date."""

@@ -82,27 +82,43 @@ def redact(secret: str) -> str:
 _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
 
 
-_KEY_LIKE = re.compile(r"\b[sp]k_[^\s/?#&\"']+")
+# Runs stop at an ellipsis (what redact() leaves) and at separators; a letter before the
+# prefix means a word like "task_" or "desk_", a digit does not ("%20sk_live_...").
+_KEY_LIKE = re.compile(r"(?<![A-Za-z])[sp]k_[^\s/?#&\"'\\…,;]+")
 # A JWT (header.payload.signature, base64url; the header starts with '{"' = "eyJ"): the
 # shape of the session tokens the server mints.
-_JWT_LIKE = re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]*")
+_JWT_LIKE = re.compile(r"(?<![A-Za-z_-])eyJ[\w-]+\.[\w-]+\.[\w-]*")
+# Whatever credential follows an auth scheme, also URL-encoded ("Bearer%20...").
+_AFTER_SCHEME = re.compile(r"(?i)\b(bearer|apikey)((?:\s|%20)+)([^\s\"',;&]+)")
+# What redact() leaves of a key (the prefix, before its ellipsis): not a secret.
+_REDACTED_PREFIX = re.compile(r"[sp]k_(?:[a-z]+_)?")
 
 
 def redact_secrets(text: str, *secrets: Optional[str]) -> str:
     """Server text (an error detail, a dead letter's reason) made safe to store and print:
     each of ``secrets`` (this client's key; ``None`` is skipped), anything shaped like an
-    ``sk_``/``pk_`` key and any JWT (a session token) come out as :func:`redact` shows keys."""
+    ``sk_``/``pk_`` key, any JWT (a session token) and whatever follows ``Bearer`` or
+    ``ApiKey`` come out as :func:`redact` shows keys. Better a server's ``pk_events_id``
+    shown as ``pk_…`` than a credential printed whole."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, redact(secret))
+    text = _AFTER_SCHEME.sub(_redact_credential, text)
     text = _KEY_LIKE.sub(_redact_match, text)
     return _JWT_LIKE.sub(_redact_match, text)
 
 
 def _redact_match(match: re.Match[str]) -> str:
-    # A key redacted already (by the line above, or before the text was stored) stays as it is.
     found = match.group()
-    return found if "…" in found else redact(found)
+    already = match.string.startswith("…", match.end()) and _REDACTED_PREFIX.fullmatch(found)
+    return found if already else redact(found)
+
+
+def _redact_credential(match: re.Match[str]) -> str:
+    scheme, space, credential = match.groups()
+    if "…" in credential:  # redacted already
+        return match.group()
+    return f"{scheme}{space}{redact(credential)}"
 
 
 def display_url(text: str, api_key: Optional[str] = None) -> str:

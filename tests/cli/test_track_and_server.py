@@ -66,6 +66,14 @@ def test_track_jsonl(
     assert sorted(server_ids(server)) == sorted(ids)
 
 
+def test_track_json_on_empty_input_has_every_key(cli: Runner, spool_file: Path) -> None:
+    """track --json with no events prints the same keys as with some (docs/cli.md)."""
+    result = cli("track", "--jsonl", "-", "--spool", str(spool_file), "--json", stdin="\n")
+    assert result.code == 0, result.err
+    keys = {"spool", "tracked", "delivered", "dead_lettered", "skipped", "left", "error"}
+    assert set(result.json()) == keys
+
+
 @pytest.mark.parametrize(
     ("bad_line", "fragment"),
     [

@@ -287,6 +287,18 @@ def test_last_error_is_set_by_background_failures(
     assert "403" in (client.stats().last_error or "")
 
 
+def test_skipped_count_is_capped_at_the_batch(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog
+) -> None:
+    """A server that reports more skipped events than the batch held counts the batch only."""
+    client = make_client(on_error=errors)
+    for i in range(2):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    server.script([(200, {"queued": 0, "skipped": 7})])
+    client.flush(timeout=10)
+    assert client.stats().skipped == 2 and client.stats().delivered == 2
+
+
 # -- batch=False -----------------------------------------------------------------------------
 
 

@@ -178,8 +178,33 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         ({"auth": ["pk_test_abcdefghijkl12 revoked"]}, "auth: ['pk_test_…kl12 revoked']"),
         ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.abc_-123 expired", "token eyJ…-123 expired"),
         ({"detail": "short sk_a1b2c3d4"}, "short sk_…"),
+        (
+            {"detail": "Revoked ApiKey sk_live_4eC39HqLyjWDarjtT1zdp7dc…"},
+            "Revoked ApiKey sk_live_…p7dc…",
+        ),
+        ({"detail": "keys sk_…,sk_live_4eC39HqLyjWDarjtT1zdp7dc"}, "keys sk_…,sk_live_…p7dc"),
+        ({"detail": "auth=ApiKey%20sk_live_Zq8XabcdefGHIJ12"}, "auth=ApiKey%20sk_live_…IJ12"),
+        ({"detail": "Bearer opaque-token-123456789 expired"}, "Bearer opa…6789 expired"),
+        ({"detail": "task_id risk_level desk_x"}, "task_id risk_level desk_x"),
+        ({"detail": "as before: sk_live_…abcd"}, "as before: sk_live_…abcd"),
+        (
+            "<html>\n<body>\n  Bad   request\n</body></html>",
+            "<html> <body> Bad request </body></html>",
+        ),
     ],
-    ids=["sk-key", "pk-key-in-field-errors", "jwt-in-plain-text", "short-key"],
+    ids=[
+        "sk-key",
+        "pk-key-in-field-errors",
+        "jwt-in-plain-text",
+        "short-key",
+        "key-then-ellipsis",
+        "key-after-a-redacted-one",
+        "url-encoded",
+        "opaque-bearer-token",
+        "ordinary-words",
+        "redacted-already",
+        "one-line",
+    ],
 )
 def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
     """Server text that echoes a key or a session token is redacted where it enters."""
