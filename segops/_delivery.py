@@ -330,12 +330,13 @@ class Delivery:
         token is chosen per attempt: a reset_session() between two attempts must not send
         the records under the next identity."""
         token = self._session_token(first_id, timeout)
+        sent_at = time.monotonic()
         reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
         if reply.status == 401 and token is not None and self._session is not None:
-            self._session.refused(token)  # and the cached current token: mint once
+            self._session.refused(token, sent_at=sent_at)  # and older cached ones: mint once
             token = self._session_token(first_id, timeout)
             reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
-        return _classify(reply)
+        return _classify(reply, self._api_key)
 
     def _session_token(self, first_id: int, timeout: Optional[float]) -> Optional[Token]:
         if self._session is None:
@@ -366,7 +367,7 @@ def _bearer(token: Token) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.value}"}
 
 
-def _classify(reply: Reply) -> Reply:
+def _classify(reply: Reply, api_key: Optional[str] = None) -> Reply:
     """Return a 2xx reply; raise what every other status means for delivery."""
     status = reply.status
     if reply.ok:
@@ -375,7 +376,7 @@ def _classify(reply: Reply) -> Reply:
         raise _Rejected(reply)
     if status in (408, 429) or status >= 500:
         raise Retryable(f"HTTP {status}", status=status, retry_after=reply.retry_after())
-    detail = reply.detail()
+    detail = reply.detail(api_key)
     if status in (401, 403):
         raise AuthError(f"HTTP {status}: {detail}", status=status, detail=detail)
     raise DeliveryError(f"HTTP {status}: {detail}", status=status, detail=detail)

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import httpx
 
-from ._paths import normalize_url, redact_secrets
+from ._paths import REDACT_SCAN_LIMIT, normalize_url, redact_secrets
 from ._retry import Retryable
 from ._version import __version__
 
@@ -52,7 +52,7 @@ class Reply:
         except ValueError:
             return None
 
-    def detail(self) -> str:
+    def detail(self, *secrets: Optional[str]) -> str:
         """The server's explanation (``{"detail": ...}`` or field errors), kept short, with
         anything shaped like a key or a session token redacted: servers echo credentials."""
         data = self.json()
@@ -62,7 +62,9 @@ class Reply:
             text = "; ".join(f"{k}: {v}" for k, v in data.items())
         else:
             text = self.body.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
-        return redact_secrets(" ".join(text.split()))[:500]  # one line: an HTML page has many
+        # One line (an HTML page has many), cut after redaction: never half a key shown.
+        text = " ".join(text[:REDACT_SCAN_LIMIT].split())
+        return redact_secrets(text, *secrets)[:500]
 
     def retry_after(self) -> Optional[float]:
         """``Retry-After`` in seconds, from either delta-seconds or an HTTP date."""

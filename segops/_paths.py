@@ -82,16 +82,25 @@ def redact(secret: str) -> str:
 _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
 
 
-# Runs stop at an ellipsis (what redact() leaves) and at separators; a letter before the
-# prefix means a word like "task_" or "desk_", a digit does not ("%20sk_live_...").
-_KEY_LIKE = re.compile(r"(?<![A-Za-z])[sp]k_[^\s/?#&\"'\\…,;]+")
+# Runs stop at an ellipsis (what redact() leaves) and at separators. A key starts after
+# anything but a word character ("task_", "desk_" are words), or right after a URL-encoded
+# byte ("%3Dsk_live_...", "%20eyJ..."): a start inside a run would also make
+# the search quadratic.
+_START = r"(?:(?<![\w-])|(?<=%[0-9A-Fa-f]{2}))"
+_KEY_LIKE = re.compile(_START + r"[sp]k_[^\s/?#&\"'\\…,;%]+")
 # A JWT (header.payload.signature, base64url; the header starts with '{"' = "eyJ"): the
 # shape of the session tokens the server mints.
-_JWT_LIKE = re.compile(r"(?<![A-Za-z_-])eyJ[\w-]+\.[\w-]+\.[\w-]*")
-# Whatever credential follows an auth scheme, also URL-encoded ("Bearer%20...").
-_AFTER_SCHEME = re.compile(r"(?i)\b(bearer|apikey)((?:\s|%20)+)([^\s\"',;&]+)")
+_JWT_LIKE = re.compile(r"(?:(?<![\w-])|(?<=%[0-9A-Fa-f]{2}))eyJ[\w-]+\.[\w-]+\.[\w-]*")
+# An opaque credential after an auth scheme, also URL-encoded ("Bearer%20..."): 16 or more
+# characters with a digit, so that "Bearer token expired" stays as it is.
+_AFTER_SCHEME = re.compile(
+    r"(?i)\b(bearer|apikey|token|basic)((?:\s|%20)+)(?=[^\s\"',;&]*[0-9])([^\s\"',;&]{16,})"
+)
 # What redact() leaves of a key (the prefix, before its ellipsis): not a secret.
 _REDACTED_PREFIX = re.compile(r"[sp]k_(?:[a-z]+_)?")
+#: Server text longer than this is cut before it is redacted (the regexes are linear, but a
+#: megabyte of HTML is no explanation anyway); callers keep far less of it.
+REDACT_SCAN_LIMIT = 4096
 
 
 def redact_secrets(text: str, *secrets: Optional[str]) -> str:
@@ -100,6 +109,7 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
     ``sk_``/``pk_`` key, any JWT (a session token) and whatever follows ``Bearer`` or
     ``ApiKey`` come out as :func:`redact` shows keys. Better a server's ``pk_events_id``
     shown as ``pk_…`` than a credential printed whole."""
+    text = text[:REDACT_SCAN_LIMIT]
     for secret in secrets:
         if secret:
             text = text.replace(secret, redact(secret))
@@ -127,7 +137,7 @@ def display_url(text: str, api_key: Optional[str] = None) -> str:
     part as ``…@``."""
     if api_key:
         text = text.replace(api_key, redact(api_key))
-    text = _KEY_LIKE.sub(lambda m: redact(m.group()), text)
+    text = _KEY_LIKE.sub(_redact_match, text)
     scheme, slashes, rest = text.partition("//")
     if slashes and "@" in rest:
         # Up to the last "@": a password may itself hold "/", "?", "#" or "@".

@@ -28,6 +28,7 @@ class Token:
     value: str
     expires_at: float
     uid: str
+    minted_at: float = 0.0  # time.monotonic() when its mint was answered
 
     def fresh(self, now: float, skew: float = REFRESH_SKEW) -> bool:
         return now < self.expires_at - skew
@@ -133,14 +134,19 @@ class Session:
         index = bisect.bisect_left(state.ends, first_id)
         return index < len(state.ends) and last_id > state.ends[index]
 
-    def refused(self, token: Token) -> None:
-        """The server refused ``token`` (401): drop it, whichever identity it was for, and
-        the current identity's cached token too (the server may have revoked them all): the
-        next request mints once."""
+    def refused(self, token: Token, *, sent_at: float) -> None:
+        """The server refused ``token`` (401) in a request sent at ``sent_at`` (monotonic):
+        drop it, whichever identity it was for, and the current identity's cached token
+        if it is older than that request (the server may have revoked them all), so that
+        the next request mints once. A token another sender minted since is kept: senders
+        that met the same 401 share its mint."""
         with self._lock:
             state = self._state
             eras = [replace(era, token=None) if era.token is token else era for era in state.eras]
-            self._store(state._replace(token=None), eras)
+            current = state.token
+            if current is token or (current is not None and current.minted_at <= sent_at):
+                current = None
+            self._store(state._replace(token=current), eras)
 
     def reset(self, boundary: Optional[int]) -> None:
         """``reset_session``: a new identity from now on. Records up to ``boundary`` (the
@@ -182,8 +188,9 @@ class Session:
                     self._minting = generation
             identity = self._identity()
             if self._state.generation == generation:
-                break
-        return generation, identity
+                return generation, identity
+        # Whose answer that was cannot be told: better no token now than a wrong one.
+        raise Retryable("session mint: reset_session() kept coming while get_user() ran")
 
     def _keep(self, token: Optional[Token], generation: Optional[int], alongside: bool) -> None:
         """Store ``token`` for ``generation`` (the current one, or the era a reset ended
@@ -324,4 +331,4 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's token holds characters a header cannot carry",
             status=reply.status,
         )
-    return Token(value, expires, str(data.get("uid", "")))
+    return Token(value, expires, str(data.get("uid", "")), time.monotonic())

@@ -506,7 +506,7 @@ def test_dead_letter_reasons_are_stored_without_credentials(
         reasons = [d.reason for d in store.dead_letters()]
     assert reasons == [
         "HTTP 422: Authorization was ApiKey sk_…6789",
-        "HTTP 400: <html>\n<body>\nBad\tRequest: Bearer eyJ…dXJl\n</body>\n</html>",
+        "HTTP 400: <html> <body> Bad Request: Bearer eyJ…dXJl </body> </html>",  # one line
     ]
 
 

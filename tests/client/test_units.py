@@ -191,6 +191,13 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
             "<html>\n<body>\n  Bad   request\n</body></html>",
             "<html> <body> Bad request </body></html>",
         ),
+        (
+            {"detail": "rejected: /v1/e%3Fapi_key%3Dsk_live_4f9c2b7e8a1d6f3c5b0e9a7d"},
+            "rejected: /v1/e%3Fapi_key%3Dsk_live_…9a7d",
+        ),
+        ({"detail": "x token%3DeyJhbGciOi.eyJzdWIi.sig9"}, "x token%3DeyJ…sig9"),
+        ({"detail": "Bearer token expired"}, "Bearer token expired"),
+        ({"detail": "Authorization: Bearer <token>"}, "Authorization: Bearer <token>"),
     ],
     ids=[
         "sk-key",
@@ -204,6 +211,10 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         "ordinary-words",
         "redacted-already",
         "one-line",
+        "after-url-encoded-equals",
+        "jwt-after-url-encoded-equals",
+        "scheme-then-words",
+        "scheme-then-placeholder",
     ],
 )
 def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
@@ -283,6 +294,44 @@ def minting_session(uids: List[str]) -> Session:
     return Session(
         api_key="pk_k", get_user=lambda: segops.UserContext(user_id=uids[-1]), http=sender(handler)
     )
+
+
+def test_reply_detail_of_a_huge_body_is_quick() -> None:
+    """A megabyte of key- and token-like text is redacted in linear time (it took minutes
+    when every position could start a match)."""
+    started = time.monotonic()
+    for body in (b"0eyJ" * (1 << 18), b"-sk_" * (1 << 18), b"%20eyJ" * (1 << 17)):
+        Reply(400, body).detail()
+    assert time.monotonic() - started < 2.0
+
+
+def test_session_401s_met_by_two_senders_share_one_new_mint() -> None:
+    """Two senders refused with the same token: the second keeps the token the first one
+    minted after its request went out, instead of minting again."""
+    session = minting_session(["alice"])
+    first = session.current()
+    sent_at = time.monotonic()  # both senders' requests went out with the first token
+    session.refused(first, sent_at=sent_at)
+    second = session.current()  # the first sender's re-mint
+    session.refused(first, sent_at=sent_at)  # the second sender's 401 comes in
+    assert session.current() is second and second is not first
+
+
+def test_session_gives_up_a_mint_when_resets_keep_racing_get_user() -> None:
+    """A reset during every read of get_user(): no token at all (Retryable), rather than
+    one identity's token in another identity's era."""
+    uids = ["u0"]
+    session = minting_session(uids)
+
+    def get_user() -> segops.UserContext:
+        uids.append(f"u{len(uids)}")
+        session.reset(len(uids) * 10)
+        return segops.UserContext(user_id=uids[-1])
+
+    session._get_user = get_user
+    with pytest.raises(Retryable):
+        session.current()
+    assert all(era.token is None for era in session._state.eras)
 
 
 def test_session_resets_whose_boundaries_arrive_out_of_order() -> None:
