@@ -25,7 +25,6 @@ from ._errors import (
     translate_spool_error,
 )
 from ._http import BATCH_PATH, SINGLE_PATH, HttpSender, Reply
-from ._paths import redact_secrets
 from ._retry import RETRY_AFTER_CAP, Retryable, RetryPolicy, call_with_retries
 from ._session import Session, Token
 
@@ -45,9 +44,10 @@ _MAX_PK_REQUESTS_PER_ATTEMPT = 4
 class _Rejected(Exception):
     """The server refused the request's content (400/413/422): split, then dead-letter."""
 
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.detail())
+    def __init__(self, reply: Reply, detail: str) -> None:
+        super().__init__(detail)
         self.reply = reply
+        self.detail = detail  # redacted, this client's credentials included
 
 
 @dataclass
@@ -228,7 +228,7 @@ class Delivery:
     ) -> List[spool.Batch]:
         if len(batch.records) > 1:
             return list(self._spool.split(batch))
-        detail = redact_secrets(exc.reply.detail(), self._api_key)  # stored, then printed
+        detail = exc.detail  # stored, then printed
         reason = f"HTTP {exc.reply.status}: {detail}"
         self._spool.dead_letter(batch.records, reason)
         self._spool.ack(batch)  # drops the now-empty batch instead of leaving it to expire
@@ -336,7 +336,7 @@ class Delivery:
             self._session.refused(token, sent_at=sent_at)  # and older cached ones: mint once
             token = self._session_token(first_id, timeout)
             reply = self._http.post(path, body, {**extra, **self._auth(token)}, timeout=timeout)
-        return _classify(reply, self._api_key)
+        return _classify(reply, self._api_key, None if token is None else token.value)
 
     def _session_token(self, first_id: int, timeout: Optional[float]) -> Optional[Token]:
         if self._session is None:
@@ -367,16 +367,16 @@ def _bearer(token: Token) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.value}"}
 
 
-def _classify(reply: Reply, api_key: Optional[str] = None) -> Reply:
+def _classify(reply: Reply, *secrets: Optional[str]) -> Reply:
     """Return a 2xx reply; raise what every other status means for delivery."""
     status = reply.status
     if reply.ok:
         return reply
     if status in (400, 413, 422):
-        raise _Rejected(reply)
+        raise _Rejected(reply, reply.detail(*secrets))
     if status in (408, 429) or status >= 500:
         raise Retryable(f"HTTP {status}", status=status, retry_after=reply.retry_after())
-    detail = reply.detail(api_key)
+    detail = reply.detail(*secrets)
     if status in (401, 403):
         raise AuthError(f"HTTP {status}: {detail}", status=status, detail=detail)
     raise DeliveryError(f"HTTP {status}: {detail}", status=status, detail=detail)

@@ -82,15 +82,15 @@ def redact(secret: str) -> str:
 _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
 
 
-# Runs stop at an ellipsis (what redact() leaves) and at separators. A key starts after
-# anything but a word character ("task_", "desk_" are words), or right after a URL-encoded
-# byte ("%3Dsk_live_...", "%20eyJ..."): a start inside a run would also make
-# the search quadratic.
-_START = r"(?:(?<![\w-])|(?<=%[0-9A-Fa-f]{2}))"
+# Runs stop at an ellipsis (what redact() leaves) and at separators. A key starts anywhere
+# but after a letter ("task_", "desk_" are words), except after a printed escape
+# ("\\nsk_...", "\\u003csk_...") or a URL-encoded byte ("%3Dsk_..."). Scanned text is
+# at most REDACT_SCAN_LIMIT long, so a start inside a long run costs little.
+_START = r"(?:(?<![A-Za-z])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
 _KEY_LIKE = re.compile(_START + r"[sp]k_[^\s/?#&\"'\\…,;%]+")
 # A JWT (header.payload.signature, base64url; the header starts with '{"' = "eyJ"): the
 # shape of the session tokens the server mints.
-_JWT_LIKE = re.compile(r"(?:(?<![\w-])|(?<=%[0-9A-Fa-f]{2}))eyJ[\w-]+\.[\w-]+\.[\w-]*")
+_JWT_LIKE = re.compile(_START + r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 # An opaque credential after an auth scheme, also URL-encoded ("Bearer%20..."): 16 or more
 # characters with a digit, so that "Bearer token expired" stays as it is.
 _AFTER_SCHEME = re.compile(

@@ -136,15 +136,19 @@ class Session:
 
     def refused(self, token: Token, *, sent_at: float) -> None:
         """The server refused ``token`` (401) in a request sent at ``sent_at`` (monotonic):
-        drop it, whichever identity it was for, and the current identity's cached token
-        if it is older than that request (the server may have revoked them all), so that
-        the next request mints once. A token another sender minted since is kept: senders
-        that met the same 401 share its mint."""
+        drop it, whichever identity it was for. When it was an old era's token, also the
+        current identity's cached token if it is older than that request (the server may
+        have revoked them all), so that the next request mints once. A token minted after
+        the refused one is kept: senders that met the same 401 share its mint."""
         with self._lock:
             state = self._state
+            of_an_era = any(era.token is token for era in state.eras)
             eras = [replace(era, token=None) if era.token is token else era for era in state.eras]
             current = state.token
-            if current is token or (current is not None and current.minted_at <= sent_at):
+            # Refused while current (or once current): tokens minted after it are newer than
+            # what the server refused. An old era's token: the current one may be as stale.
+            cutoff = sent_at if of_an_era else token.minted_at
+            if current is token or (current is not None and current.minted_at <= cutoff):
                 current = None
             self._store(state._replace(token=current), eras)
 

@@ -198,6 +198,11 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         ({"detail": "x token%3DeyJhbGciOi.eyJzdWIi.sig9"}, "x token%3DeyJ…sig9"),
         ({"detail": "Bearer token expired"}, "Bearer token expired"),
         ({"detail": "Authorization: Bearer <token>"}, "Authorization: Bearer <token>"),
+        ({"detail": "api-key-sk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "api-key-sk_live_…L8vR"),
+        ({"detail": "api_key_sk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "api_key_sk_live_…L8vR"),
+        ({"detail": "1sk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "1sk_live_…L8vR"),
+        ({"detail": "msg\\neyJhbGciOi.eyJzdWIi.sig9"}, "msg\\neyJ…sig9"),
+        ({"detail": "key \\u003csk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "key \\u003csk_live_…L8vR"),
     ],
     ids=[
         "sk-key",
@@ -215,6 +220,11 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         "jwt-after-url-encoded-equals",
         "scheme-then-words",
         "scheme-then-placeholder",
+        "after-a-dash",
+        "after-an-underscore",
+        "after-a-digit",
+        "after-a-printed-newline-escape",
+        "after-a-printed-unicode-escape",
     ],
 )
 def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
@@ -315,6 +325,26 @@ def test_session_401s_met_by_two_senders_share_one_new_mint() -> None:
     second = session.current()  # the first sender's re-mint
     session.refused(first, sent_at=sent_at)  # the second sender's 401 comes in
     assert session.current() is second and second is not first
+
+
+def test_reply_detail_never_shows_a_piece_of_a_known_secret() -> None:
+    """This client's key is replaced before the text is cut: one straddling the scan limit
+    (and glued to a word, where no pattern finds it) shows no piece once blanks collapse."""
+    key = "sk_live_4f9aQ2xZ7bN1mK3pL8vR"
+    body = ("pad" + " " * 4077 + "x" + key).encode()  # the key begins at 4081
+    shown = Reply(401, body).detail(key)
+    assert key[:12] not in shown and shown.startswith("pad xsk_")
+
+
+def test_session_401_seen_late_keeps_a_token_minted_since() -> None:
+    """A sender whose request with the old token went out after another sender re-minted
+    (it was preempted in between) keeps the new token: one mint per 401 storm."""
+    session = minting_session(["alice"])
+    first = session.current()
+    session.refused(first, sent_at=time.monotonic())
+    second = session.current()
+    session.refused(first, sent_at=time.monotonic())  # sent after `second` was minted
+    assert session.current() is second
 
 
 def test_session_gives_up_a_mint_when_resets_keep_racing_get_user() -> None:
