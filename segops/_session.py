@@ -229,11 +229,12 @@ class Session:
         reply = self._http.post(SESSION_PATH, body, headers, timeout=timeout)
         if reply.ok:
             return _token_from(reply)
+        detail = reply.detail(self._api_key)
         if reply.status in (401, 403):
             raise AuthError(
-                f"session mint refused: HTTP {reply.status}: {reply.detail()}",
+                f"session mint refused: HTTP {reply.status}: {detail}",
                 status=reply.status,
-                detail=reply.detail(),
+                detail=detail,
             )
         if reply.status in (408, 429) or reply.status >= 500:
             raise Retryable(
@@ -242,9 +243,9 @@ class Session:
                 retry_after=reply.retry_after(),
             )
         raise DeliveryError(
-            f"session mint failed: HTTP {reply.status}: {reply.detail()}",
+            f"session mint failed: HTTP {reply.status}: {detail}",
             status=reply.status,
-            detail=reply.detail(),
+            detail=detail,
         )
 
     def _identity(self) -> Dict[str, Any]:

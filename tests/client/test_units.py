@@ -336,6 +336,22 @@ def test_reply_detail_never_shows_a_piece_of_a_known_secret() -> None:
     assert key[:12] not in shown and shown.startswith("pad xsk_")
 
 
+def test_session_mint_refusal_never_shows_the_key() -> None:
+    """A session call refused with a detail that echoes the key (even glued to a word,
+    where no pattern finds it) raises an AuthError that shows it redacted."""
+    key = "pk_live_abcdefghijklmnop12"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"detail": f"unknown key x{key}"})
+
+    session = Session(
+        api_key=key, get_user=lambda: segops.UserContext(user_id="u"), http=sender(handler)
+    )
+    with pytest.raises(segops.AuthError) as caught:
+        session.current()
+    assert key not in str(caught.value) and key not in caught.value.detail
+
+
 def test_session_401_seen_late_keeps_a_token_minted_since() -> None:
     """A sender whose request with the old token went out after another sender re-minted
     (it was preempted in between) keeps the new token: one mint per 401 storm."""
