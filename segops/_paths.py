@@ -82,12 +82,20 @@ def redact(secret: str) -> str:
 _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbox", "local"})
 
 
-# Runs stop at an ellipsis (what redact() leaves) and at separators. A key starts anywhere
-# but after a letter ("task_", "desk_" are words), except after a printed escape
-# ("\\nsk_...", "\\u003csk_...") or a URL-encoded byte ("%3Dsk_..."). Scanned text is
+# A key is "sk_"/"pk_" and 8 or more key characters (real keys are far longer; shorter
+# runs are names such as "pk_id"). It starts anywhere but inside a word ("task_", "desk_"),
+# or right after a printed escape ("\\nsk_...", "\\u003csk_...") or a URL-encoded byte
+# ("%3Dsk_..."); after "_", "-" or a digit ("api_key_sk_live_...") only when it holds a
+# digit, as generated keys do and names such as "tbl_sk_customer" do not. Scanned text is
 # at most REDACT_SCAN_LIMIT long, so a start inside a long run costs little.
 _START = r"(?:(?<![A-Za-z])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
-_KEY_LIKE = re.compile(_START + r"[sp]k_[^\s/?#&\"'\\…,;%]+")
+_KEY_BODY = r"[sp]k_[A-Za-z0-9_-]{8,}"
+_KEY_LIKE = re.compile(
+    r"(?:(?<![\w-])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
+    + _KEY_BODY
+    + r"|(?<=[0-9_-])(?=[sp]k_[A-Za-z0-9_-]*[0-9])"
+    + _KEY_BODY
+)
 # A JWT (header.payload.signature, base64url; the header starts with '{"' = "eyJ"): the
 # shape of the session tokens the server mints.
 _JWT_LIKE = re.compile(_START + r"eyJ[\w-]+\.[\w-]+\.[\w-]*")

@@ -203,6 +203,9 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         ({"detail": "1sk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "1sk_live_…L8vR"),
         ({"detail": "msg\\neyJhbGciOi.eyJzdWIi.sig9"}, "msg\\neyJ…sig9"),
         ({"detail": "key \\u003csk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "key \\u003csk_live_…L8vR"),
+        ({"detail": "Key (events_pk_id)=(42) exists."}, "Key (events_pk_id)=(42) exists."),
+        ({"detail": "tbl_sk_customer=1029384756"}, "tbl_sk_customer=1029384756"),
+        ({"detail": "order_pk_ref=ORD-2026-000123/line-4"}, "order_pk_ref=ORD-2026-000123/line-4"),
     ],
     ids=[
         "sk-key",
@@ -225,6 +228,9 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         "after-a-digit",
         "after-a-printed-newline-escape",
         "after-a-printed-unicode-escape",
+        "column-name",
+        "column-with-a-value",
+        "reference",
     ],
 )
 def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
