@@ -259,6 +259,17 @@ def test_events_before_reset_go_under_old_token(
     assert owners == {"warmup": "alice", "as_alice": "alice", "as_bob": "bob"}
 
 
+def flush_behind_a_503(srv: DevServer, client: segops.SegOpsClient) -> threading.Thread:
+    """Start flush() on a thread; return once its first post got a 503 (Retry-After: 1)."""
+    srv.script([(503, {"detail": "busy"}, {"Retry-After": "1"})])
+    flushing = threading.Thread(target=client.flush, kwargs={"timeout": 10})
+    flushing.start()
+    deadline = time.monotonic() + 5
+    while srv.stats()["scripted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return flushing
+
+
 def test_reset_between_retry_attempts_keeps_the_old_identity(
     make_server: Callable[..., DevServer], pk_client: Callable[..., segops.SegOpsClient]
 ) -> None:
@@ -270,12 +281,7 @@ def test_reset_between_retry_attempts_keeps_the_old_identity(
     client.track(user_id="x", event_type="warmup")
     client.flush(timeout=10)  # alice's token is cached
     client.track(user_id="x", event_type="as_alice")
-    srv.script([(503, {"detail": "busy"}, {"Retry-After": "1"})])
-    flushing = threading.Thread(target=client.flush, kwargs={"timeout": 10})
-    flushing.start()
-    deadline = time.monotonic() + 5
-    while srv.stats()["scripted"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    flushing = flush_behind_a_503(srv, client)
     current["uid"] = "bob"
     client.reset_session()
     flushing.join(10)
@@ -344,12 +350,7 @@ def test_without_a_token_of_their_own_events_follow_the_current_identity(
     client.track(user_id="x", event_type="alice_ev")
     current["uid"] = "bob"
     client.reset_session()
-    srv.script([(503, {"detail": "busy"}, {"Retry-After": "1"})])
-    flushing = threading.Thread(target=client.flush, kwargs={"timeout": 10})
-    flushing.start()
-    deadline = time.monotonic() + 5
-    while srv.stats()["scripted"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    flushing = flush_behind_a_503(srv, client)
     current["uid"] = "carol"
     client.reset_session()
     flushing.join(10)

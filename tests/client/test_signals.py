@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import segops
@@ -14,6 +15,18 @@ from _support import start_script, write_script
 from segops.devserver import DevServer
 
 import spool
+
+
+def run_child(script: Path, *args: str, timeout: float) -> Tuple[str, str]:
+    """Run a child script to its end (killed after ``timeout``): its stdout and stderr."""
+    proc = start_script(script, *args)
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 
 HANDLER_CHILD = """\
     import os, signal, sys
@@ -167,13 +180,7 @@ def test_handler_shutdown_inside_reset_session(
     """A handler's shutdown() while the interrupted thread is inside reset_session() sends
     what is pending at once, instead of waiting for that thread's session lock."""
     script = write_script(tmp_path, "resetting.py", RESETTING_CHILD)
-    proc = start_script(script, server.url, str(spool_file), timeout)
-    try:
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err = run_child(script, server.url, str(spool_file), timeout, timeout=30)
     assert "shutdown ok" in out, out + err
     assert [e["event_type"] for e in server.events()] == ["pending"]
 
@@ -209,13 +216,7 @@ def test_handler_shutdown_interrupting_a_send_of_this_thread(
     wait for that batch's lease (35 s): it returns within a second or so."""
     server.latency_ms = 1500
     script = write_script(tmp_path, "interrupted_send.py", INTERRUPTED_SEND_CHILD)
-    proc = start_script(script, server.url, str(spool_file))
-    try:
-        out, err = proc.communicate(timeout=25)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err = run_child(script, server.url, str(spool_file), timeout=25)
     assert "handler done" in out, out + err
     assert float(out.split("handler done")[1].split()[0]) < 3.0
 
@@ -272,12 +273,6 @@ def test_handler_shutdown_inside_reset_while_the_flusher_mints(
     alongside instead of waiting for that mint."""
     server.latency_ms = 20
     script = write_script(tmp_path, "reset_vs_mint.py", RESET_WHILE_FLUSHER_MINTS_CHILD)
-    proc = start_script(script, server.url, str(spool_file))
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err = run_child(script, server.url, str(spool_file), timeout=60)
     assert "handler done" in out, out + err
     assert float(out.split("handler done")[1].split()[0]) < 3.0
