@@ -17,6 +17,23 @@ from segops.devserver import DevServer
 import spool
 
 
+def terminate_when_ready(script: Path, *args: str, after: float, timeout: float) -> str:
+    """Start a child that prints "ready", SIGTERM it ``after`` seconds later, and return
+    its stdout once it exited 0 (killed after ``timeout``: the handler hung)."""
+    proc = start_script(script, *args)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(after)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    return out
+
+
 def run_child(script: Path, *args: str, timeout: float) -> Tuple[str, str]:
     """Run a child script to its end (killed after ``timeout``): its stdout and stderr."""
     proc = start_script(script, *args)
@@ -65,17 +82,7 @@ def test_signal_handler_calling_the_client_mid_track_returns(
     """SIGTERM during a tracking loop: a handler calling shutdown/flush/stats finishes in
     about its timeout, and every event track() acknowledged is delivered or still spooled."""
     script = write_script(tmp_path, "handler.py", HANDLER_CHILD)
-    proc = start_script(script, server.url, str(spool_file), call)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)  # the handler needs ~2 s; slack for a busy machine
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    out = terminate_when_ready(script, server.url, str(spool_file), call, after=0.5, timeout=15)
     tracked = int(out.split("tracked")[-1].split()[0])
     with spool.Spool(spool_file) as s:
         left = s.pending_through(s.last_id())
@@ -115,17 +122,7 @@ def test_handler_shutdown_without_timeout_while_a_batch_is_in_flight(
     flush lets that ack happen: nothing is sent twice by the next client."""
     server.latency_ms = 150  # the flusher is inside a request most of the time
     script = write_script(tmp_path, "exiting.py", EXITING_CHILD)
-    proc = start_script(script, server.url, str(spool_file))
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(0.6)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    out = terminate_when_ready(script, server.url, str(spool_file), after=0.6, timeout=20)
     tracked = int(out.split("tracked")[-1].split()[0])
     server.latency_ms = 0
     with segops.SegOpsClient(server.url, "sk_dev_secret", spool_path=spool_file) as client:
