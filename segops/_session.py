@@ -81,9 +81,6 @@ class Session:
         # The generation the mint in flight began in: its era must keep its place (and get
         # the token) even when a reset ends it before the answer comes.
         self._minting: Optional[int] = None
-        # When the latest request refused with a 401 was sent (monotonic): a token minted
-        # after it is fresh against refusals of tokens minted before it.
-        self._refusal_seen = 0.0
 
     def after_fork(self) -> None:
         """Locks held by another thread at fork time would never be released in the child,
@@ -149,15 +146,10 @@ class Session:
             eras = [replace(era, token=None) if era.token is token else era for era in state.eras]
             current = state.token
             # Refused while current (or once current): tokens minted after it are newer than
-            # what the server refused. An old era's token: the current one may be as stale,
-            # unless it was minted after an earlier 401 that the same revocation explains.
+            # what the server refused. An old era's token: the current one may be as stale.
             cutoff = sent_at if of_an_era else token.minted_at
-            explained = token.minted_at < self._refusal_seen < (current or token).minted_at
-            if current is token or (
-                current is not None and current.minted_at <= cutoff and not explained
-            ):
+            if current is token or (current is not None and current.minted_at <= cutoff):
                 current = None
-            self._refusal_seen = max(self._refusal_seen, sent_at)
             self._store(state._replace(token=current), eras)
 
     def reset(self, boundary: Optional[int]) -> None:

@@ -369,23 +369,6 @@ def test_session_401_seen_late_keeps_a_token_minted_since() -> None:
     assert session.current() is second
 
 
-def test_session_revocation_with_several_eras_pending_mints_once() -> None:
-    """After the server revoked every token, the first old era's 401 replaces the current
-    token; the next era's 401 (the same revocation) keeps that new one."""
-    uids = ["alice"]
-    session = minting_session(uids)
-    olds = []
-    for uid in ("bob", "carol"):
-        olds.append(session.current())
-        uids.append(uid)
-        session.reset(len(olds) * 10)
-    session.current()  # carol's token, revoked with the others
-    session.refused(olds[0], sent_at=time.monotonic())
-    fresh = session.current()
-    session.refused(olds[1], sent_at=time.monotonic())
-    assert session.current() is fresh
-
-
 def test_session_gives_up_a_mint_when_resets_keep_racing_get_user() -> None:
     """A reset during every read of get_user(): no token at all (Retryable), rather than
     one identity's token in another identity's era."""
