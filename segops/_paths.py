@@ -89,11 +89,12 @@ _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbo
 # digit, as generated keys do and names such as "tbl_sk_customer" do not. Scanned text is
 # at most REDACT_SCAN_LIMIT long, so a start inside a long run costs little.
 _START = r"(?:(?<![A-Za-z])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
-_KEY_BODY = r"[sp]k_[A-Za-z0-9_-]{8,}"
+_KEY_BODY = r"[sp]k_[A-Za-z0-9_-]{8,200}"  # bounded: a start inside a long run costs 200 steps
 _KEY_LIKE = re.compile(
-    r"(?:(?<![\w-])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
+    # ASCII only: "\w" would take CJK text ("密钥sk_live_...") for the inside of a word.
+    r"(?:(?<![A-Za-z0-9_-])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
     + _KEY_BODY
-    + r"|(?<=[0-9_-])(?=[sp]k_[A-Za-z0-9_-]*[0-9])"
+    + r"|(?<=[0-9_-])(?=[sp]k_[A-Za-z0-9_-]{0,200}[0-9])"
     + _KEY_BODY
 )
 # A JWT (header.payload.signature, base64url; the header starts with '{"' = "eyJ"): the

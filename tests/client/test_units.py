@@ -206,6 +206,7 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         ({"detail": "Key (events_pk_id)=(42) exists."}, "Key (events_pk_id)=(42) exists."),
         ({"detail": "tbl_sk_customer=1029384756"}, "tbl_sk_customer=1029384756"),
         ({"detail": "order_pk_ref=ORD-2026-000123/line-4"}, "order_pk_ref=ORD-2026-000123/line-4"),
+        ({"detail": "您的密钥sk_live_4f9aQ2xZ7bN1mK3pL8vRt6Yw无效"}, "您的密钥sk_live_…t6Yw无效"),
     ],
     ids=[
         "sk-key",
@@ -231,6 +232,7 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         "column-name",
         "column-with-a-value",
         "reference",
+        "after-chinese-text",
     ],
 )
 def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
