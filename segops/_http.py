@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import httpx
 
-from ._paths import REDACT_SCAN_LIMIT, normalize_url, redact, redact_secrets
+from ._paths import normalize_url, redact_secrets
 from ._retry import Retryable
 from ._version import __version__
 
@@ -62,13 +62,8 @@ class Reply:
             text = "; ".join(f"{k}: {v}" for k, v in data.items())
         else:
             text = self.body.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
-        # The known secrets first, in the whole text: a cut must not leave a piece of one.
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, redact(secret))
         # One line (an HTML page has many), cut after redaction: never half a key shown.
-        text = " ".join(text[:REDACT_SCAN_LIMIT].split())
-        return redact_secrets(text)[:500]
+        return " ".join(redact_secrets(text, *secrets).split())[:500]
 
     def retry_after(self) -> Optional[float]:
         """``Retry-After`` in seconds, from either delta-seconds or an HTTP date."""

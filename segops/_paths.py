@@ -88,11 +88,12 @@ _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbo
 # ("%3Dsk_..."); after "_", "-" or a digit ("api_key_sk_live_...") only when it holds a
 # digit, as generated keys do and names such as "tbl_sk_customer" do not. Scanned text is
 # at most REDACT_SCAN_LIMIT long, so a start inside a long run costs little.
-_START = r"(?:(?<![A-Za-z])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
+_AFTER_ESCAPE = r"(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2})"
+_START = rf"(?:(?<![A-Za-z])|{_AFTER_ESCAPE})"
 _KEY_BODY = r"[sp]k_[A-Za-z0-9_-]{8,200}"  # bounded: a start inside a long run costs 200 steps
 _KEY_LIKE = re.compile(
     # ASCII only: "\w" would take CJK text ("密钥sk_live_...") for the inside of a word.
-    r"(?:(?<![A-Za-z0-9_-])|(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2}))"
+    rf"(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
     + _KEY_BODY
     + r"|(?<=[0-9_-])(?=[sp]k_[A-Za-z0-9_-]{0,200}[0-9])"
     + _KEY_BODY
@@ -117,11 +118,14 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
     each of ``secrets`` (this client's key; ``None`` is skipped), anything shaped like an
     ``sk_``/``pk_`` key, any JWT (a session token) and whatever follows ``Bearer`` or
     ``ApiKey`` come out as :func:`redact` shows keys. Better a server's ``pk_events_id``
-    shown as ``pk_…`` than a credential printed whole."""
-    text = text[:REDACT_SCAN_LIMIT]
+    shown as ``pk_…`` than a credential printed whole.
+
+    The known ``secrets`` are replaced in the whole text, before it is cut to
+    REDACT_SCAN_LIMIT: a cut must not leave a piece of one that no pattern recognizes."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, redact(secret))
+    text = text[:REDACT_SCAN_LIMIT]
     text = _AFTER_SCHEME.sub(_redact_credential, text)
     text = _KEY_LIKE.sub(_redact_match, text)
     return _JWT_LIKE.sub(_redact_match, text)
