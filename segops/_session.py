@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from spool._sync import held_here  # one distribution: the signal-safe helpers live there
+
 from ._encoding import parse_iso8601
 from ._errors import AuthError, DeliveryError
 from ._http import SESSION_PATH, HttpSender, Reply, header_safe
@@ -92,7 +94,7 @@ class Session:
     def held_by_this_thread(self) -> bool:
         """True while the calling thread is inside a mint or a reset: a signal handler that
         interrupted one (and must not wait for another thread to get in)."""
-        return any(_held(lock) for lock in (self._lock, self._mint_lock))
+        return any(held_here(lock) for lock in (self._lock, self._mint_lock))
 
     def current(self, *, timeout: Optional[float] = None) -> Token:
         """A fresh token of the current identity (see :meth:`token_for`)."""
@@ -110,7 +112,7 @@ class Session:
         if token is not None:
             return token
         deadline = None if timeout is None else time.monotonic() + timeout
-        if _held(self._lock):
+        if held_here(self._lock):
             # A signal handler that interrupted this thread inside a reset or a mint: the
             # mint in flight on another thread waits for this thread to store its token.
             if not self._mint_lock.acquire(blocking=False):
@@ -307,11 +309,6 @@ def _compacted(eras: List[_Era], minting: Optional[int]) -> List[_Era]:
         else:
             kept.append(era)
     return kept
-
-
-def _held(lock: object) -> bool:
-    is_owned = getattr(lock, "_is_owned", None)  # RLock's, as threading.Condition uses it
-    return bool(is_owned()) if is_owned is not None else False
 
 
 def _left(deadline: float) -> float:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union, 
 
 from . import _fork, _storage
 from ._errors import SpoolCorrupt, SpoolError, SpoolFull
-from ._sync import ReentrantEvent
+from ._sync import ReentrantEvent, held_here
 from ._types import Batch, DeadLetter, Record, Stats, Status
 
 log = logging.getLogger("spool")
@@ -636,7 +636,7 @@ class Spool:
         """True while the calling thread is inside an operation of this Spool: a signal
         handler that interrupted one (and must not wait for another thread to get in)."""
         # Reads hold only _read_lock (a claim reads its rows under it too).
-        return _held_here(self._lock) or _held_here(self._read_lock)
+        return held_here(self._lock) or held_here(self._read_lock)
 
     def _holder_gone(self, owner: str) -> bool:
         """True when ``owner`` is a process of this machine that surely exited."""
@@ -1274,12 +1274,6 @@ def _checkpoint_loop(
         except Exception as exc:  # keep the thread alive: the next tick may well succeed
             log.debug("spool checkpoint failed: %s", exc)
         del spool
-
-
-def _held_here(lock: object) -> bool:
-    """True when the calling thread holds ``lock`` (an RLock)."""
-    is_owned = getattr(lock, "_is_owned", None)  # RLock's, as Condition uses it
-    return bool(is_owned()) if is_owned is not None else False
 
 
 def _refuse_nesting(conn: sqlite3.Connection, path: Path, op: str) -> None:

@@ -52,3 +52,10 @@ class ReentrantEvent(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self._cond = _LiveCondition()
+
+
+def held_here(lock: object) -> bool:
+    """True when the calling thread holds ``lock`` (an RLock; False for other locks): a
+    signal handler running on a thread that was inside the lock's critical section."""
+    is_owned = getattr(lock, "_is_owned", None)  # RLock's, as threading.Condition uses it
+    return bool(is_owned()) if is_owned is not None else False
