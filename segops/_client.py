@@ -67,9 +67,9 @@ _OVERRUN_GRACE = 0.25
 #: Sends with a deadline (flush, shutdown, batch=False) that may run at once, per client;
 #: those abandoned at their deadline count until they end.
 _MAX_SENDS = 8
-#: A flush()/shutdown() in a signal handler that interrupted a spool operation of this thread
-#: waits this long at most for batches other senders hold: another thread of this process
-#: cannot record its answer until the interrupted operation resumes (after the handler).
+#: A flush()/shutdown() in a signal handler that interrupted this thread inside the spool, a
+#: session mint or reset, or a delivery, waits this long at most for batches other senders
+#: hold: they may need what the interrupted call holds until it resumes (after the handler).
 _INTERRUPTED_WAIT = 0.5
 T = TypeVar("T")
 
