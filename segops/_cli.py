@@ -61,6 +61,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2) instead of the usage block."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes the offending argument whole: a mistyped "--apikey=sk_..." too.
+        message = redact_secrets(message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -260,7 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     prog = _prog_of(ns)
     if extras:  # name the subcommand whose flags these are not
-        return _fail(prog, f"unrecognized arguments: {' '.join(extras)} (see {prog} --help)", 2)
+        unknown = redact_secrets(" ".join(extras))  # "--api_key sk_..." is a typo, not a flag
+        return _fail(prog, f"unrecognized arguments: {unknown} (see {prog} --help)", 2)
     handler: Handler = ns.handler
     try:
         return handler(ns)

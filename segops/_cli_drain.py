@@ -28,7 +28,7 @@ from ._errors import (
     SegOpsError,
     translate_spool_error,
 )
-from ._paths import normalize_url, redact
+from ._paths import display_url, normalize_url, redact
 from ._types import UserContext
 
 
@@ -121,11 +121,12 @@ def describe_failure(exc: BaseException, api_url: str, api_key: str) -> str:
     if isinstance(exc, FlushTimeout):
         return f"timed out with {exc.pending} event(s) still pending"
     if isinstance(exc, DeliveryError):
+        shown = display_url(api_url, api_key)  # a key may sit in the URL, as in repr(client)
         if exc.status is None:
-            return f"server unreachable at {api_url} ({exc})"
+            return f"server unreachable at {shown} ({exc})"
         if exc.status == 404:
-            return f"HTTP 404 from {api_url}: is --api-url / SEGOPS_API_URL right?"
-        return f"the server at {api_url} did not accept the events ({exc})"
+            return f"HTTP 404 from {shown}: is --api-url / SEGOPS_API_URL right?"
+        return f"the server at {shown} did not accept the events ({exc})"
     return str(exc)
 
 
@@ -250,7 +251,7 @@ def probe(api_url: str, timeout: float = 0.5) -> Optional[str]:
     try:
         httpx.get(normalize_url(api_url) + "/", timeout=timeout)
     except httpx.TransportError as exc:
-        return f"server unreachable at {api_url} ({type(exc).__name__})"
+        return f"server unreachable at {display_url(api_url)} ({type(exc).__name__})"
     except httpx.HTTPError:
         return None
     return None

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import httpx
 
-from ._paths import normalize_url, redact_secrets
+from ._paths import REDACT_SCAN_LIMIT, normalize_url, redact_secrets
 from ._retry import Retryable
 from ._version import __version__
 
@@ -31,6 +31,32 @@ def header_safe(value: str) -> bool:
     httpx refuses anything else, and its error quotes the header, credentials included.
     """
     return value.isascii() and value.isprintable() and " " not in value
+
+
+def _credentials(headers: Mapping[str, str]) -> List[str]:
+    """The key or token in the request's Authorization header (after its scheme)."""
+    return [v.partition(" ")[2] for k, v in headers.items() if k.lower() == "authorization"]
+
+
+def _failure(what: str, exc: Exception, headers: Mapping[str, str]) -> Retryable:
+    """A transport failure, told without secrets: h11 quotes the server's bytes in its
+    errors ("illegal header line: ..."), and a broken proxy may echo our credentials."""
+    return Retryable(redact_secrets(f"{what}: {type(exc).__name__}: {exc}", *_credentials(headers)))
+
+
+def _cause(exc: Exception, headers: Mapping[str, str]) -> Optional[Exception]:
+    """``exc`` as the __cause__ when no exception in its chain holds a secret; else none
+    (a traceback prints the whole chain)."""
+    secrets = _credentials(headers)
+    link: Optional[BaseException] = exc
+    for _ in range(10):  # httpx -> httpcore -> h11: a few links
+        if link is None:
+            return exc
+        text = str(link)
+        if redact_secrets(text, *secrets) != text[:REDACT_SCAN_LIMIT]:
+            return None
+        link = link.__cause__ or link.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -137,9 +163,9 @@ class HttpSender:
             # and not as __cause__ either: tracebacks print the cause in full.
             raise Retryable(f"could not build the request: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
-            raise Retryable(f"could not reach the server: {type(exc).__name__}: {exc}") from exc
+            raise _failure("could not reach the server", exc, headers) from _cause(exc, headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise Retryable(f"HTTP failure: {type(exc).__name__}: {exc}") from exc
+            raise _failure("HTTP failure", exc, headers) from _cause(exc, headers)
         return Reply(response.status_code, response.content, dict(response.headers))
 
     def _pool(self) -> httpx.Client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,30 @@ def test_track_server_down_keeps_events(cli: Runner, server: DevServer, spool_fi
     replay = cli("replay", "--spool", str(spool_file))
     assert replay.code == 0, replay.err
     assert sorted(server_ids(server)) == ["d-0", "d-1", "d-2"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["track", "replay"])
+def test_an_unreachable_url_holding_the_key_is_reported_redacted(
+    bare_cli: Runner, spool_file: Path, command: str
+) -> None:
+    """The failure summary names the server by its URL as repr(client) shows it: a key in
+    the URL's path comes out redacted."""
+    key = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    url = f"http://127.0.0.1:{free_port()}/ingest/{key}"
+    args = ["--api-url", url, "--api-key", key, "--spool", str(spool_file), "--timeout", "1"]
+    if command == "track":
+        args += ["--user-id", "u", "--event-type", "e"]
+    else:
+        seed(spool_file, 1)
+    result = bare_cli(command, *args)
+    assert "unreachable at http://127.0.0.1:" in result.err
+    assert "4eC39HqLyjWDarjt" not in result.err + result.out
 
 
 def test_track_reports_an_event_the_server_refused(

@@ -104,6 +104,24 @@ def test_bad_configuration_exits_2(bare_cli: Runner, url: str, key: str, fragmen
     assert "SECRET0123456789" not in result.err + result.out  # nor a key or password as URL
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "--api_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"],
+        ["status", "--apikey=sk_live_4eC39HqLyjWDarjtT1zdp7dc"],
+        ["replay", "--api=sk_live_4eC39HqLyjWDarjtT1zdp7dc"],
+        ["track", "--user-id", "u", "--event-type", "t", "pk_live_4eC39HqLyjWDarjtT1zdp7dc"],
+    ],
+)
+def test_a_mistyped_key_flag_is_not_echoed(bare_cli: Runner, args: List[str]) -> None:
+    """A misspelt or ambiguous --api-key flag is a usage error that names the flag, not the
+    key argparse would quote whole."""
+    result = bare_cli(*args)
+    line = assert_one_line_error(result)
+    assert "4eC39HqLyjWDarjt" not in result.err + result.out
+    assert "_live_…p7dc" in line
+
+
 def test_secret_key_env_is_accepted(bare_cli: Runner, base_env: Dict[str, str]) -> None:
     """SEGOPS_SECRET_KEY works when SEGOPS_API_KEY is not set."""
     secret = "sk_s_123456789"

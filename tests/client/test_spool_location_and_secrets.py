@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import stat
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -215,6 +217,65 @@ def test_a_header_httpx_refuses_is_reported_without_its_value() -> None:
                 assert "SECRETPART" not in printed, "the httpx error is chained as the cause"
         finally:
             sender.close()
+
+
+@pytest.fixture
+def echoing_proxy() -> Iterator[str]:
+    """A broken proxy on 127.0.0.1: answers every request with a malformed header line
+    that echoes the request's Authorization value (h11 quotes such a line in its error)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                auth = [
+                    line.split(b":", 1)[1].strip()
+                    for line in data.split(b"\r\n")
+                    if line.lower().startswith(b"authorization:")
+                ]
+                conn.sendall(
+                    b"HTTP/1.1 502 Bad Gateway\r\nX-Upstream-Auth : "
+                    + b"".join(auth)
+                    + b"\r\nContent-Length: 0\r\n\r\n"
+                )
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [f"ApiKey {SECRET}", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJlX1NFQ1JFVA"],
+)
+def test_a_transport_error_quoting_our_credentials_is_redacted(
+    echoing_proxy: str, authorization: str
+) -> None:
+    """A transport error quoting the server's bytes (h11: "illegal header line: ...") is
+    passed on without the key or token it echoes, in the message and the whole chain."""
+    credential = authorization.split(" ", 1)[1]
+    sender = HttpSender(api_url=echoing_proxy, timeout=2.0)
+    try:
+        with pytest.raises(Retryable) as info:
+            sender.post("/api/ingestion/track/batch/", b"{}", {"Authorization": authorization})
+    finally:
+        sender.close()
+    printed = "".join(traceback.format_exception(info.type, info.value, info.tb))
+    assert "illegal header line" in printed  # the server's explanation is kept, redacted
+    assert credential not in printed
+    assert credential[-12:-4] not in printed
 
 
 def test_secrets_absent_from_logs_and_errors_in_a_failing_run(
