@@ -584,7 +584,7 @@ def _iso(ts: float) -> str:
 def _event_json(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return data.decode("utf-8", "replace")
 
 
@@ -711,7 +711,7 @@ def _single_event(ns: argparse.Namespace) -> Dict[str, Any]:
     if ns.payload is not None:
         try:
             payload = json.loads(ns.payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UsageError(f"--payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise UsageError(f"--payload must be a JSON object, not {type(payload).__name__}")
@@ -747,7 +747,7 @@ def _jsonl_events(source: str) -> List[Dict[str, Any]]:
             continue
         try:
             item = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UsageError(f"{name} line {number}: not valid JSON: {exc}") from None
         if not isinstance(item, dict):
             raise UsageError(

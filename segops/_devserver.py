@@ -274,6 +274,23 @@ class RecordedRequest:
     #: tests running the server in-process can time requests without polling).
     received: float = 0.0
 
+    def __repr__(self) -> str:
+        # Shown by test failures: the credential goes as its scheme only.
+        headers = {
+            name: value.partition(" ")[0] + " …" if name == "authorization" else value
+            for name, value in self.headers.items()
+        }
+        return (
+            f"RecordedRequest(method={self.method!r}, path={_without_query(self.path)!r}, "
+            f"headers={headers!r}, status={self.status!r}, body={self.body[:200]!r})"
+        )
+
+
+def _without_query(path: str) -> str:
+    """A request path fit to print: a query string may carry a key (``?api_key=sk_...``)."""
+    base, query, _ = path.partition("?")
+    return base + ("?…" if query else "")
+
 
 @dataclass
 class _Answer:
@@ -815,7 +832,7 @@ class DevServer:
         with self._lock:
             self._requests.append(record)
             self._counters["requests"] += 1
-        self._log(f"{method} {raw_path} -> {answer.status or 'dropped'}")
+        self._log(f"{method} {_without_query(raw_path)} -> {answer.status or 'dropped'}")
         return answer
 
     def _route(
@@ -1496,7 +1513,7 @@ def run(ns: argparse.Namespace, *, stop_event: Optional[threading.Event] = None)
             previous[sig] = signal.signal(sig, on_signal)
     sys.stdout.write(
         f"{prog} listening on {srv.url} (secret key {_redact(srv.secret_key)}, "
-        f"public key {srv.public_key})\n"
+        f"public key {_redact(srv.public_key)})\n"
     )
     sys.stdout.flush()
     try:

@@ -75,7 +75,7 @@ class Reply:
         """The body as JSON, or ``None`` when it is not JSON."""
         try:
             return json.loads(self.body) if self.body else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than it recurses
             return None
 
     def detail(self, *secrets: Optional[str]) -> str:

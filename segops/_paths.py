@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import string
 import sys
 from pathlib import Path
 from typing import Optional
@@ -88,9 +89,13 @@ _KEY_ENVIRONMENTS = frozenset({"live", "test", "dev", "prod", "staging", "sandbo
 # ("%3Dsk_..."); after "_", "-" or a digit ("api_key_sk_live_...") only when it holds a
 # digit, as generated keys do and names such as "tbl_sk_customer" do not. Scanned text is
 # at most REDACT_SCAN_LIMIT long, so a start inside a long run costs little.
-_AFTER_ESCAPE = r"(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=%[0-9A-Fa-f]{2})"
+_AFTER_ESCAPE = (
+    r"(?<=\\[A-Za-z])|(?<=\\u[0-9A-Fa-f]{4})|(?<=\\x[0-9A-Fa-f]{2})|(?<=%[0-9A-Fa-f]{2})"
+)
 _START = rf"(?:(?<![A-Za-z])|{_AFTER_ESCAPE})"
-_KEY_BODY = r"[sp]k_[A-Za-z0-9_-]{8,200}"  # bounded: a start inside a long run costs 200 steps
+# Taken to the end of the run: a start can only be at its beginning (or, for the second
+# form, where a digit follows within 200 characters), so this stays linear.
+_KEY_BODY = r"[sp]k_[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*"
 _KEY_LIKE = re.compile(
     # ASCII only: "\w" would take CJK text ("密钥sk_live_...") for the inside of a word.
     rf"(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
@@ -106,6 +111,13 @@ _JWT_LIKE = re.compile(_START + r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 _AFTER_SCHEME = re.compile(
     r"(?i)\b(bearer|apikey|token|basic)((?:\s|%20)+)(?=[^\s\"',;&]*[0-9])([^\s\"',;&]{16,})"
 )
+# Terminal control sequences (ANSI CSI, e.g. colours) and other control characters: a
+# server's text must neither drive the user's terminal nor hide a key from the patterns
+# ("\x1b[1msk_live_..." puts a letter right before the key).
+_CONTROLS = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
+# Dropped from the end of a cut text: the word the cut went through may be the first
+# characters of a key or token, too few for the patterns to know it.
+_WORD_CHARACTERS = string.ascii_letters + string.digits + "_.%-"
 # What redact() leaves of a key (the prefix, before its ellipsis): not a secret.
 _REDACTED_PREFIX = re.compile(r"[sp]k_(?:[a-z]+_)?")
 #: Server text longer than this is cut before it is redacted (the regexes are linear, but a
@@ -125,7 +137,9 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, redact(secret))
-    text = text[:REDACT_SCAN_LIMIT]
+    if len(text) > REDACT_SCAN_LIMIT:
+        text = text[:REDACT_SCAN_LIMIT].rstrip(_WORD_CHARACTERS) + "…"
+    text = _CONTROLS.sub("", text)
     text = _AFTER_SCHEME.sub(_redact_credential, text)
     text = _KEY_LIKE.sub(_redact_match, text)
     return _JWT_LIKE.sub(_redact_match, text)

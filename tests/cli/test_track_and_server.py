@@ -106,6 +106,7 @@ def test_track_jsonl_bad_line_spools_nothing(
         (["--user-id", "u"], "--event-type"),
         (["--user-id", "u", "--event-type", "t", "--payload", "{oops"], "not valid JSON"),
         (["--user-id", "u", "--event-type", "t", "--payload", "[1]"], "JSON object"),
+        (["--user-id", "u", "--event-type", "t", "--payload", "[" * 100_000], "not valid JSON"),
         (["--user-id", "u", "--event-type", "t", "--occurred-at", "noon"], "occurred_at"),
         (["--jsonl", "-", "--user-id", "u"], "cannot be combined"),
         (["--jsonl", "/nonexistent/events.jsonl"], "cannot read"),

@@ -207,6 +207,9 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         ({"detail": "tbl_sk_customer=1029384756"}, "tbl_sk_customer=1029384756"),
         ({"detail": "order_pk_ref=ORD-2026-000123/line-4"}, "order_pk_ref=ORD-2026-000123/line-4"),
         ({"detail": "您的密钥sk_live_4f9aQ2xZ7bN1mK3pL8vRt6Yw无效"}, "您的密钥sk_live_…t6Yw无效"),
+        ({"detail": "login?key\\x3dsk_live_9Zx8Yw7Vu6Ts5Rq4Po3Nm"}, "login?key\\x3dsk_live_…o3Nm"),
+        ({"detail": "\x1b[1msk_live_9Zx8Yw7Vu6Ts5Rq4Po3Nm\x1b[0m bad"}, "sk_live_…o3Nm bad"),
+        ({"detail": f"key pk_live_{'Ab1' * 85}Zz9Q refused"}, "key pk_live_…Zz9Q refused"),
     ],
     ids=[
         "sk-key",
@@ -233,6 +236,9 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         "column-with-a-value",
         "reference",
         "after-chinese-text",
+        "after-a-printed-hex-escape",
+        "inside-terminal-colours",
+        "longer-than-200",
     ],
 )
 def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
@@ -342,6 +348,24 @@ def test_reply_detail_never_shows_a_piece_of_a_known_secret() -> None:
     body = ("pad" + " " * 4077 + "x" + key).encode()  # the key begins at 4081
     shown = Reply(401, body).detail(key)
     assert key[:12] not in shown and shown.startswith("pad xsk_")
+
+
+def test_reply_detail_never_shows_the_start_of_a_key_the_cut_went_through() -> None:
+    """An unknown key (or token) the scan limit cuts leaves none of its characters: the
+    cut's last word goes, since too short a piece is no key to the patterns."""
+    for secret in ("sk_4eC39HqLyjWDarjt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIi.c2ln"):
+        body = ("err" + " " * 4086 + secret).encode()  # cut 7 characters into the secret
+        shown = Reply(400, body).detail()
+        assert secret[:4] not in shown and shown.startswith("err")
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"detail":' * 50_000])
+def test_reply_of_deeply_nested_json_is_not_json(body: bytes) -> None:
+    """A body nested deeper than the parser recurses reads as no JSON (it raised
+    RecursionError out of the flusher's decisions)."""
+    reply = Reply(400, body)
+    assert reply.json() is None
+    assert reply.detail().startswith(body[:10].decode())
 
 
 def test_session_mint_refusal_never_shows_the_key() -> None:

@@ -97,6 +97,31 @@ def test_banner_redacts_the_secret_key_as_the_client_does(key: str, shown: str) 
     assert f"(secret key {shown}," in line
 
 
+def test_banner_and_verbose_log_show_no_key(served: Any) -> None:
+    """The banner shows the public key redacted too, and --verbose logs a request's path
+    without its query string (a key may ride in it)."""
+    proc, url = served("--public-key", "pk_live_51HxYzAbCdEf0123456789", "--verbose")
+    httpx.post(url + BATCH + "?api_key=sk_live_4eC39HqLyjWDarjtT1zdp7dc", json={"events": []})
+    proc.terminate()
+    out, err = proc.communicate(timeout=10)
+    assert f"POST {BATCH}?… -> 401" in err
+    for secret in ("4eC39HqLyjWDarjt", "51HxYzAbCdEf0123"):
+        assert secret not in out + err
+
+
+def test_recorded_request_repr_hides_the_credential() -> None:
+    """repr() of a recorded request (pytest prints it in a failed assertion) shows the
+    Authorization scheme only."""
+    with devserver.DevServer() as srv:
+        httpx.post(
+            srv.url + BATCH,
+            json={"events": [event()]},
+            headers={"Authorization": "ApiKey sk_dev_secret"},
+        )
+        shown = repr(srv.requests[0])
+    assert "'authorization': 'ApiKey …'" in shown and "sk_dev_secret" not in shown
+
+
 def test_subprocess_flags_apply(served: Any) -> None:
     """Flags reach the server: --fail-rate/--fail-status and --public-key."""
     proc, url = served("--fail-rate", "1", "--fail-status", "502", "--public-key", "pk_cli")
