@@ -9,10 +9,18 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 EXTRAS="${BOOTSTRAP_EXTRAS:-}"
 say() { echo "segops bootstrap: $*" >&2; }
-# A venv whose creation was cut short (Ctrl-C, or a python3 without ensurepip) has a
-# python but no pip: made again rather than failing on every later run.
+# A .venv with a working pip is kept, whoever made it. One whose creation was cut short
+# (Ctrl-C, or a python3 without ensurepip) has a python but no pip: made again rather than
+# failing on every later run.
+if [ ! -f .venv/.segops-venv-ok ] && [ -x .venv/bin/python ] \
+    && .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    touch .venv/.segops-venv-ok
+fi
 if [ ! -f .venv/.segops-venv-ok ]; then
-    rm -rf .venv
+    if [ -e .venv ]; then
+        say "removing an unfinished .venv (it has no working pip)"
+        rm -rf .venv
+    fi
     say "creating .venv with $("$PY" --version 2>&1)"
     "$PY" -m venv .venv
     .venv/bin/python -m pip --version >/dev/null
@@ -25,15 +33,34 @@ if ! installed dev && { [ -n "$EXTRAS" ] || ! installed base; }; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     if [ -n "$EXTRAS" ]; then
         .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
-        for native in gevent uwsgi; do
-            if ! .venv/bin/python -m pip install -q -e ".[$EXTRAS,$native]" >/dev/null 2>&1; then
-                say "$native could not be installed (no C compiler?): its tests are skipped"
-            fi
-        done
         echo "$want" > .venv/.segops-installed-dev
     else
         .venv/bin/python -m pip install -q -e .
         echo "$want" > .venv/.segops-installed-base
     fi
+fi
+# The optional native extras: tried again on each run until they install (a compiler may
+# have been added since), but only when the last attempt was for another pyproject.toml or
+# more than a day ago, so a machine without a compiler does not pay for a failed build
+# on every run.
+if [ -n "$EXTRAS" ]; then
+    for native in gevent uwsgi; do
+        done_stamp=".venv/.segops-installed-$native"
+        failed_stamp=".venv/.segops-failed-$native"
+        installed "$native" && continue
+        if [ -f "$failed_stamp" ] && [ "$(cat "$failed_stamp")" = "$want" ] \
+            && [ -z "$(find "$failed_stamp" -mmin +1440)" ]; then
+            continue
+        fi
+        log=".venv/segops-$native-install.log"
+        if .venv/bin/python -m pip install -q -e ".[$EXTRAS,$native]" >"$log" 2>&1; then
+            echo "$want" > "$done_stamp"
+            rm -f "$failed_stamp"
+        else
+            echo "$want" > "$failed_stamp"
+            say "$native could not be installed (no C compiler?), so its tests are skipped;" \
+                "see $log. Retried in a day, or at once after: rm $failed_stamp"
+        fi
+    done
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -42,6 +42,7 @@ from ._paths import (
     display_url,
     redact,
     redact_secrets,
+    redact_typed,
 )
 from ._version import __version__
 
@@ -62,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # argparse quotes the offending argument whole: a mistyped "--apikey=sk_..." too.
-        message = redact_secrets(message)
+        message = redact_typed(message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -262,7 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     prog = _prog_of(ns)
     if extras:  # name the subcommand whose flags these are not
-        unknown = redact_secrets(" ".join(extras))  # "--api_key sk_..." is a typo, not a flag
+        unknown = redact_typed(" ".join(extras))  # "--api_key sk_..." is a typo, not a flag
         return _fail(prog, f"unrecognized arguments: {unknown} (see {prog} --help)", 2)
     handler: Handler = ns.handler
     try:

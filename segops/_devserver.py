@@ -277,13 +277,20 @@ class RecordedRequest:
     def __repr__(self) -> str:
         # Shown by test failures: the credential goes as its scheme only.
         headers = {
-            name: value.partition(" ")[0] + " …" if name == "authorization" else value
+            name: _scheme_only(value) if name == "authorization" else value
             for name, value in self.headers.items()
         }
         return (
             f"RecordedRequest(method={self.method!r}, path={_without_query(self.path)!r}, "
             f"headers={headers!r}, status={self.status!r}, body={self.body[:200]!r})"
         )
+
+
+def _scheme_only(authorization: str) -> str:
+    """``ApiKey …``: the scheme of an Authorization value, never the credential (nor a
+    value without a scheme, which is a credential itself)."""
+    scheme, space, _ = authorization.partition(" ")
+    return f"{scheme} …" if space and scheme.isalpha() else "…"
 
 
 def _without_query(path: str) -> str:
@@ -758,7 +765,7 @@ class DevServer:
             if not hmac.compare_digest(signature, expected):
                 return None
             payload = json.loads(_b64url_decode(parts[1]))
-        except (ValueError, UnicodeError):
+        except (ValueError, UnicodeError, RecursionError):  # RecursionError: deeply nested
             return None
         if not isinstance(payload, dict):
             return None

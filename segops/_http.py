@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import httpx
 
-from ._paths import REDACT_SCAN_LIMIT, normalize_url, redact_secrets
+from ._paths import holds_secret, normalize_url, redact_secrets
 from ._retry import Retryable
 from ._version import __version__
 
@@ -52,8 +52,7 @@ def _cause(exc: Exception, headers: Mapping[str, str]) -> Optional[Exception]:
     for _ in range(10):  # httpx -> httpcore -> h11: a few links
         if link is None:
             return exc
-        text = str(link)
-        if redact_secrets(text, *secrets) != text[:REDACT_SCAN_LIMIT]:
+        if holds_secret(str(link), *secrets):
             return None
         link = link.__cause__ or link.__context__
     return None

@@ -111,13 +111,16 @@ _JWT_LIKE = re.compile(_START + r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 _AFTER_SCHEME = re.compile(
     r"(?i)\b(bearer|apikey|token|basic)((?:\s|%20)+)(?=[^\s\"',;&]*[0-9])([^\s\"',;&]{16,})"
 )
-# Terminal control sequences (ANSI CSI, e.g. colours) and other control characters: a
-# server's text must neither drive the user's terminal nor hide a key from the patterns
-# ("\x1b[1msk_live_..." puts a letter right before the key).
+# Terminal control sequences (ANSI CSI, e.g. colours) and other control characters become
+# blanks: a server's text must not drive the user's terminal, nor hide a key from the
+# patterns ("\x1b[1msk_live_..." puts a letter right before the key). A blank, not nothing:
+# "name\rsk_live_..." must not become "namesk_live_...", which no pattern takes for a key.
 _CONTROLS = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
-# Dropped from the end of a cut text: the word the cut went through may be the first
-# characters of a key or token, too few for the patterns to know it.
-_WORD_CHARACTERS = string.ascii_letters + string.digits + "_.%-"
+# What keys, tokens and their encodings are made of (base64, base64url, JWT dots, %XX).
+_CREDENTIAL_CHARACTERS = string.ascii_letters + string.digits + "+/=_.~%-"
+# Any "sk_"/"pk_" run, wherever it starts: for text the user typed (a CLI argument such as
+# "--api-keysk_live_..."), where a false alarm costs nothing.
+_KEY_ANYWHERE = re.compile(r"[sp]k_[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*")
 # What redact() leaves of a key (the prefix, before its ellipsis): not a secret.
 _REDACTED_PREFIX = re.compile(r"[sp]k_(?:[a-z]+_)?")
 #: Server text longer than this is cut before it is redacted (the regexes are linear, but a
@@ -138,8 +141,32 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
         if secret:
             text = text.replace(secret, redact(secret))
     if len(text) > REDACT_SCAN_LIMIT:
-        text = text[:REDACT_SCAN_LIMIT].rstrip(_WORD_CHARACTERS) + "…"
-    text = _CONTROLS.sub("", text)
+        text = _cut(text)
+    return _redact_patterns(_CONTROLS.sub(" ", text))
+
+
+def holds_secret(text: str, *secrets: Optional[str]) -> bool:
+    """True when :func:`redact_secrets` would hide something in ``text`` (read whole, not
+    cut): one of ``secrets`` or anything shaped like a key or token."""
+    if any(secret and secret in text for secret in secrets):
+        return True
+    scannable = _CONTROLS.sub(" ", text)
+    return _redact_patterns(scannable) != scannable
+
+
+def redact_typed(text: str) -> str:
+    """Text the user typed (CLI arguments) with every ``sk_``/``pk_`` run redacted, glued
+    to other characters or not ("--api-keysk_live_...")."""
+    return _KEY_ANYWHERE.sub(lambda m: redact(m.group()), text)
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to REDACT_SCAN_LIMIT, less the run of credential characters the cut
+    went through: it may be the start of a key or token, too short for the patterns."""
+    return text[:REDACT_SCAN_LIMIT].rstrip(_CREDENTIAL_CHARACTERS) + "…"
+
+
+def _redact_patterns(text: str) -> str:
     text = _AFTER_SCHEME.sub(_redact_credential, text)
     text = _KEY_LIKE.sub(_redact_match, text)
     return _JWT_LIKE.sub(_redact_match, text)

@@ -111,6 +111,8 @@ def test_bad_configuration_exits_2(bare_cli: Runner, url: str, key: str, fragmen
         ["status", "--apikey=sk_live_4eC39HqLyjWDarjtT1zdp7dc"],
         ["replay", "--api=sk_live_4eC39HqLyjWDarjtT1zdp7dc"],
         ["track", "--user-id", "u", "--event-type", "t", "pk_live_4eC39HqLyjWDarjtT1zdp7dc"],
+        ["replay", "--api-keysk_live_4eC39HqLyjWDarjtT1zdp7dc"],
+        ["replay", "-ksk_live_4eC39HqLyjWDarjtT1zdp7dc"],
     ],
 )
 def test_a_mistyped_key_flag_is_not_echoed(bare_cli: Runner, args: List[str]) -> None:

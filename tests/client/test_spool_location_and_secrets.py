@@ -278,6 +278,18 @@ def test_a_transport_error_quoting_our_credentials_is_redacted(
     assert credential[-12:-4] not in printed
 
 
+def test_a_transport_error_without_secrets_keeps_its_cause(echoing_proxy: str) -> None:
+    """Without a credential to echo, the httpx error stays chained for diagnosis."""
+    sender = HttpSender(api_url=echoing_proxy, timeout=2.0)
+    try:
+        with pytest.raises(Retryable) as info:
+            sender.post("/api/ingestion/track/batch/", b"{}", {})
+    finally:
+        sender.close()
+    assert "illegal header line" in str(info.value)
+    assert info.value.__cause__ is not None
+
+
 def test_secrets_absent_from_logs_and_errors_in_a_failing_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

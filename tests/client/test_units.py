@@ -18,6 +18,7 @@ import segops
 from segops._delivery import _classify, _left
 from segops._encoding import parse_iso8601
 from segops._http import HttpSender, Reply
+from segops._paths import holds_secret
 from segops._retry import Retryable
 from segops._session import REFRESH_SKEW, Session
 
@@ -210,6 +211,8 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         ({"detail": "login?key\\x3dsk_live_9Zx8Yw7Vu6Ts5Rq4Po3Nm"}, "login?key\\x3dsk_live_…o3Nm"),
         ({"detail": "\x1b[1msk_live_9Zx8Yw7Vu6Ts5Rq4Po3Nm\x1b[0m bad"}, "sk_live_…o3Nm bad"),
         ({"detail": f"key pk_live_{'Ab1' * 85}Zz9Q refused"}, "key pk_live_…Zz9Q refused"),
+        ({"detail": "name\rsk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "name sk_live_…L8vR"),
+        ({"detail": "x\x1b[0msk_live_4f9aQ2xZ7bN1mK3pL8vR"}, "x sk_live_…L8vR"),
     ],
     ids=[
         "sk-key",
@@ -239,6 +242,8 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
         "after-a-printed-hex-escape",
         "inside-terminal-colours",
         "longer-than-200",
+        "after-a-carriage-return",
+        "after-a-colour-reset",
     ],
 )
 def test_reply_detail_redacts_keys_and_tokens(body: Any, shown: str) -> None:
@@ -357,6 +362,32 @@ def test_reply_detail_never_shows_the_start_of_a_key_the_cut_went_through() -> N
         body = ("err" + " " * 4086 + secret).encode()  # cut 7 characters into the secret
         shown = Reply(400, body).detail()
         assert secret[:4] not in shown and shown.startswith("err")
+
+
+def test_reply_detail_cut_inside_a_token_with_slashes_shows_none_of_it() -> None:
+    """A Bearer token holding "/" or "+" (base64) that the scan limit cuts is dropped
+    whole, not shown up to its first "/"."""
+    token = "Zx81/Qm4Lp2Vn7Rt5Ks3Wd9+Ab12cd34"
+    body = ("err" + " " * 4076 + "Bearer " + token).encode()  # cut 10 characters in
+    shown = Reply(401, body).detail()
+    assert token[:4] not in shown and shown.startswith("err Bearer")
+
+
+@pytest.mark.parametrize(
+    ("text", "held"),
+    [
+        ("illegal header line: bytearray(b'X: 1\\r\\nY')", False),
+        ("bad line\r\nnext \x1b[1mbold\x1b[0m", False),
+        ("x" * 5000, False),
+        ("echo: ApiKey sk_live_4f9aQ2xZ7bN1mK3pL8vR", True),
+        ("x" * 5000 + " sk_live_4f9aQ2xZ7bN1mK3pL8vR", True),
+        ("glued:XYZmy-own-secret-value", True),
+    ],
+)
+def test_holds_secret_reads_the_whole_text(text: str, held: bool) -> None:
+    """holds_secret() decides whether an httpx error may be chained as __cause__: plain
+    text with control characters or past the scan limit holds none, a key anywhere does."""
+    assert holds_secret(text, "my-own-secret-value") is held
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"detail":' * 50_000])

@@ -120,6 +120,9 @@ def test_recorded_request_repr_hides_the_credential() -> None:
         )
         shown = repr(srv.requests[0])
     assert "'authorization': 'ApiKey …'" in shown and "sk_dev_secret" not in shown
+    for value in ("sk_dev_secret", "ApiKey\tsk_dev_secret", "sk_dev secret"):
+        record = devserver.RecordedRequest("POST", "/x", {"authorization": value}, b"", None, 401)
+        assert "'authorization': '…'" in repr(record) and "secret" not in repr(record)
 
 
 def test_subprocess_flags_apply(served: Any) -> None:
