@@ -9,24 +9,31 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 EXTRAS="${BOOTSTRAP_EXTRAS:-}"
 say() { echo "segops bootstrap: $*" >&2; }
-# A .venv with a working pip is kept, whoever made it. One whose creation was cut short
-# (Ctrl-C, or a python3 without ensurepip) has a python but no pip: made again rather than
-# failing on every later run.
-if [ ! -f .venv/.segops-venv-ok ] && [ -x .venv/bin/python ] \
-    && .venv/bin/python -m pip --version >/dev/null 2>&1; then
+# .venv is made in three steps, with a sentinel file beside it until the last one is done:
+# a .venv left without pip by an interrupted run (Ctrl-C, a python3 without ensurepip), or
+# whose interpreter has gone since (a Python upgraded or uninstalled), is made again. A
+# working .venv made some other way is adopted; a broken one that is not ours is left alone.
+usable() { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1; }
+if [ -f .venv/.segops-venv-ok ] && [ ! -f .segops-venv-creating ] && .venv/bin/python -c "" 2>/dev/null; then
+    :
+elif [ ! -f .segops-venv-creating ] && [ ! -f .venv/.segops-venv-ok ] && usable; then
     touch .venv/.segops-venv-ok
-fi
-if [ ! -f .venv/.segops-venv-ok ]; then
-    if [ -e .venv ]; then
-        say "removing an unfinished .venv (it has no working pip)"
-        rm -rf .venv
+else
+    if [ -e .venv ] && [ ! -f .segops-venv-creating ] && [ ! -f .venv/.segops-venv-ok ]; then
+        say ".venv exists but has no working pip, and this script did not make it:"
+        say "remove it (rm -rf .venv) or give it pip (.venv/bin/python -m ensurepip), then run again"
+        exit 1
     fi
+    [ -e .venv ] && say "removing the unusable .venv this script made" && rm -rf .venv
+    touch .segops-venv-creating
     say "creating .venv with $("$PY" --version 2>&1)"
     "$PY" -m venv .venv
     .venv/bin/python -m pip --version >/dev/null
     touch .venv/.segops-venv-ok
+    rm -f .segops-venv-creating
 fi
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# Not sha256sum: macOS has only shasum.
+want="$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
 installed() { [ -f ".venv/.segops-installed-$1" ] && [ "$(cat ".venv/.segops-installed-$1")" = "$want" ]; }
 if ! installed dev && { [ -n "$EXTRAS" ] || ! installed base; }; then
     say "installing the project${EXTRAS:+ with its $EXTRAS tools} (first run: a minute or more)"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
-import string
 import sys
 from pathlib import Path
 from typing import Optional
@@ -111,13 +111,29 @@ _JWT_LIKE = re.compile(_START + r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 _AFTER_SCHEME = re.compile(
     r"(?i)\b(bearer|apikey|token|basic)((?:\s|%20)+)(?=[^\s\"',;&]*[0-9])([^\s\"',;&]{16,})"
 )
-# Terminal control sequences (ANSI CSI, e.g. colours) and other control characters become
-# blanks: a server's text must not drive the user's terminal, nor hide a key from the
-# patterns ("\x1b[1msk_live_..." puts a letter right before the key). A blank, not nothing:
-# "name\rsk_live_..." must not become "namesk_live_...", which no pattern takes for a key.
-_CONTROLS = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
-# What keys, tokens and their encodings are made of (base64, base64url, JWT dots, %XX).
-_CREDENTIAL_CHARACTERS = string.ascii_letters + string.digits + "+/=_.~%-"
+# Terminal control sequences (ECMA-48: CSI with any parameters, other escape sequences such
+# as "ESC ( B", the C1 CSI) and other C0/C1 control characters become blanks: a server's
+# text must not drive the user's terminal, nor hide a key from the patterns ("\x1b(Bsk_..."
+# leaves a letter right before the key). A blank, not nothing: "name\rsk_live_..." must not
+# become "namesk_live_...", which no pattern takes for a key. Tab and newline stay.
+# A sequence's final byte is never taken from the start of a key or token ("\x9bsk_live_..."
+# must not lose its "s").
+_FINAL = r"(?![sp]k_|eyJ)"
+_CONTROLS = re.compile(
+    rf"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*{_FINAL}[\x40-\x7e]"
+    rf"|\x1b[\x20-\x2f]*{_FINAL}[\x30-\x7e]|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+# ESC as Python's repr() or JSON prints it ("\\x1b(B"): the same sequences, in text.
+_PRINTED_ESC = re.compile(r"\\(?:x1b|u001b|033)")
+# What may come between the characters of a known secret the server echoed: blanks, control
+# characters and sequences, invisible format characters (a wrapped or decorated echo).
+_SECRET_GAP = (
+    r"(?:[\s\x00-\x1f\x7f-\x9f\xad\u200b-\u200f\u2060-\u2064\ufeff]"
+    r"|\x1b\[?[\x30-\x3f]*[\x20-\x2f]*[\x30-\x7e])*"
+)
+# The credential characters a cut may leave at its end: _AFTER_SCHEME's, so that no piece
+# of a credential it would have hidden stays.
+_CREDENTIAL_END = " \t\n\"',;&"
 # Any "sk_"/"pk_" run, wherever it starts: for text the user typed (a CLI argument such as
 # "--api-keysk_live_..."), where a false alarm costs nothing.
 _KEY_ANYWHERE = re.compile(r"[sp]k_[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*")
@@ -126,6 +142,8 @@ _REDACTED_PREFIX = re.compile(r"[sp]k_(?:[a-z]+_)?")
 #: Server text longer than this is cut before it is redacted (the regexes are linear, but a
 #: megabyte of HTML is no explanation anyway); callers keep far less of it.
 REDACT_SCAN_LIMIT = 4096
+# Known secrets are looked for this far past the cut: one that straddles it, even with gaps.
+_SECRET_SLACK = 8192
 
 
 def redact_secrets(text: str, *secrets: Optional[str]) -> str:
@@ -135,23 +153,25 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
     ``ApiKey`` come out as :func:`redact` shows keys. Better a server's ``pk_events_id``
     shown as ``pk_…`` than a credential printed whole.
 
-    The known ``secrets`` are replaced in the whole text, before it is cut to
-    REDACT_SCAN_LIMIT: a cut must not leave a piece of one that no pattern recognizes."""
+    The known ``secrets`` are replaced before the text is cut to REDACT_SCAN_LIMIT (a cut
+    must not leave a piece of one that no pattern recognizes), also when control or
+    invisible characters were put between their characters."""
+    text = text[: REDACT_SCAN_LIMIT + _SECRET_SLACK]  # the rest could never be shown
     for secret in secrets:
         if secret:
-            text = text.replace(secret, redact(secret))
+            text = _secret_pattern(secret).sub(redact(secret), text)
     if len(text) > REDACT_SCAN_LIMIT:
         text = _cut(text)
-    return _redact_patterns(_CONTROLS.sub(" ", text))
+    return _redact_patterns(_CONTROLS.sub(" ", _PRINTED_ESC.sub("\x1b", text)))
 
 
 def holds_secret(text: str, *secrets: Optional[str]) -> bool:
-    """True when :func:`redact_secrets` would hide something in ``text`` (read whole, not
-    cut): one of ``secrets`` or anything shaped like a key or token."""
-    if any(secret and secret in text for secret in secrets):
+    """True when ``text`` may hold one of ``secrets`` or anything shaped like a key or
+    token. Text longer than REDACT_SCAN_LIMIT counts as holding one: the patterns are not
+    run over more than that (one of them is quadratic on crafted input)."""
+    if len(text) > REDACT_SCAN_LIMIT:
         return True
-    scannable = _CONTROLS.sub(" ", text)
-    return _redact_patterns(scannable) != scannable
+    return redact_secrets(text, *secrets) != _CONTROLS.sub(" ", _PRINTED_ESC.sub("\x1b", text))
 
 
 def redact_typed(text: str) -> str:
@@ -161,9 +181,16 @@ def redact_typed(text: str) -> str:
 
 
 def _cut(text: str) -> str:
-    """``text`` cut to REDACT_SCAN_LIMIT, less the run of credential characters the cut
-    went through: it may be the start of a key or token, too short for the patterns."""
-    return text[:REDACT_SCAN_LIMIT].rstrip(_CREDENTIAL_CHARACTERS) + "…"
+    """``text`` cut to REDACT_SCAN_LIMIT, less the word the cut went through: it may be the
+    start of a key or token, too short for the patterns to know it."""
+    text = text[:REDACT_SCAN_LIMIT]
+    end = max(text.rfind(c) for c in _CREDENTIAL_END)
+    return text[: end + 1] + "…"
+
+
+@functools.lru_cache(maxsize=32)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    return re.compile(_SECRET_GAP.join(re.escape(c) for c in secret))
 
 
 def _redact_patterns(text: str) -> str:
