@@ -243,13 +243,21 @@ class Delivery:
         return []
 
     def _acknowledge(self, batch: spool.Batch, reply: Reply, reports: List[SegOpsError]) -> None:
-        self._spool.ack(batch)
-        self._counters.add(delivered=len(batch.records))
         data = reply.json()
         skipped = data.get("skipped") if isinstance(data, dict) else None
-        if isinstance(skipped, int) and skipped > 0:
-            skipped = min(skipped, len(batch.records))  # a server that over-reports
-            self._counters.add(skipped=skipped)
+        if not isinstance(skipped, int) or skipped < 0:
+            skipped = 0
+        skipped = min(skipped, len(batch.records))  # a server that over-reports
+        # Counted before the ack: flush() returns as soon as the ack is visible, and a
+        # stats() right after it must include these events. Uncounted if the ack fails
+        # (they stay spooled and go again).
+        self._counters.add(delivered=len(batch.records), skipped=skipped)
+        try:
+            self._spool.ack(batch)
+        except BaseException:
+            self._counters.add(delivered=-len(batch.records), skipped=-skipped)
+            raise
+        if skipped:
             reports.append(
                 EventsSkipped(
                     f"the server skipped {skipped} of {len(batch.records)} events as invalid",

@@ -4,6 +4,7 @@ batch=False, and the client's lifecycle."""
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -274,6 +275,28 @@ def test_stats_move_as_expected(
     with pytest.raises(segops.DeliveryError):
         client.flush(timeout=5)
     assert client.stats().pending == 1
+
+
+def test_stats_after_flush_counts_what_the_flusher_delivered(
+    server: DevServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flush() that waited for the flusher's batch returns with stats() already counting
+    it (the flusher counted after its ack, so a stats() right after flush() could miss it)."""
+    real_ack = spool.Spool.ack
+
+    def ack_then_pause(self: spool.Spool, batch: spool.Batch) -> int:
+        acked = real_ack(self, batch)
+        if threading.current_thread().name == "segops-flusher":
+            time.sleep(0.3)  # widens the window between the ack and what follows it
+        return acked
+
+    monkeypatch.setattr(spool.Spool, "ack", ack_then_pause)
+    server.latency_ms = 200  # the flusher's request is in flight when flush() starts
+    client = make_client(flush_interval=0.05, batch_size=1)
+    client.track(user_id="u", event_type="e")
+    wait_until(lambda: client.stats().in_flight == 1, timeout=5)
+    client.flush(timeout=10)
+    assert client.stats().delivered == 1
 
 
 def test_last_error_is_set_by_background_failures(
