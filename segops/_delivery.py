@@ -253,10 +253,13 @@ class Delivery:
         # (they stay spooled and go again).
         self._counters.add(delivered=len(batch.records), skipped=skipped)
         try:
-            self._spool.ack(batch)
+            acked = self._spool.ack(batch)
         except BaseException:
-            self._counters.add(delivered=-len(batch.records), skipped=-skipped)
+            acked = 0
             raise
+        finally:
+            if not acked:  # failed, or the lease had lapsed: whoever holds it now counts it
+                self._counters.add(delivered=-len(batch.records), skipped=-skipped)
         if skipped:
             reports.append(
                 EventsSkipped(

@@ -127,18 +127,19 @@ class Flusher:
         if self._idle_first:
             self._idle()
         while not self._stop.is_set():
+            delivered = 0
             try:
-                while not self._stop.is_set() and self._delivery.deliver_next(
-                    cancel=self._stop, min_age=self._min_age
-                ):
-                    pass
+                while not self._stop.is_set() and self._deliver_one():
+                    delivered += 1
                 failures = 0
             except SegOpsError as exc:
                 if self._stop.is_set():
                     # shutdown() cut the cycle short (a backoff or Retry-After wait): not a
                     # failure to report; its own final flush raises what is still wrong.
                     return
-                failures += 1
+                # Failures in a row: a cycle that delivered before it failed (a backlog
+                # the server took until an outage) starts the backoff over.
+                failures = 1 if delivered else failures + 1
                 self._report(exc)
                 if self._retiring:
                     return  # best effort only: the rest stays spooled for the next client
@@ -155,6 +156,9 @@ class Flusher:
             if self._retiring:
                 return
             self._idle()
+
+    def _deliver_one(self) -> int:
+        return self._delivery.deliver_next(cancel=self._stop, min_age=self._min_age)
 
     def _idle(self) -> None:
         """Until woken (by ``batch_size`` new events, a flush, a stop) or ``interval`` ends."""

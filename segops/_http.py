@@ -99,13 +99,31 @@ class Reply:
             return max(0.0, float(value))
         except ValueError:
             pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        when = _http_date(value)
+        if when is None:
             return None
-        if when.tzinfo is None:  # the asctime form carries no zone; HTTP dates are GMT
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        return max(0.0, when.timestamp() - time.time())
+        # Against the server's clock when it says what time it is: ours may be off.
+        now = self.server_time()
+        return max(0.0, when - (time.time() if now is None else now))
+
+    def server_time(self) -> Optional[float]:
+        """The answer's ``Date`` (the server's clock, to the second), or ``None``."""
+        value = self.headers.get("date")
+        return _http_date(value) if value else None
+
+
+def _http_date(value: str) -> Optional[float]:
+    """An HTTP date as a Unix timestamp, or ``None`` when it is not one."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # the asctime form carries no zone; HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 class HttpSender:

@@ -7,6 +7,7 @@ that does not fit in the rest of the cycle ends the cycle, and the caller waits 
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -53,8 +54,17 @@ class RetryPolicy:
     retry_after_max: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.attempts < 1 or self.timeout <= 0 or self.wait_initial <= 0:
-            raise ValueError("RetryPolicy needs attempts >= 1 and positive times")
+        # Finite: the cycle's time also sets the batch's lease, and an infinite (or NaN)
+        # lease would never let another sender take over the batch of a crashed one.
+        times = (self.timeout, self.wait_initial, self.wait_max)
+        if not all(isinstance(t, (int, float)) and 0 < t < math.inf for t in times):
+            raise ValueError(
+                "RetryPolicy needs timeout, wait_initial and wait_max positive and finite"
+            )
+        if not (isinstance(self.attempts, int) and self.attempts >= 1):
+            raise ValueError("RetryPolicy needs attempts >= 1")
+        if not 0 <= self.retry_after_max < math.inf:
+            raise ValueError("RetryPolicy needs retry_after_max >= 0 and finite")
 
 
 class _Budget:

@@ -25,15 +25,21 @@ RETIRING_SKEW = 5.0
 
 @dataclass(frozen=True)
 class Token:
-    """A minted session token and when to stop using it (monotonic-free: wall clock)."""
+    """A minted session token and when to stop using it."""
 
     value: str
-    expires_at: float
+    expires_at: float  # the server's wall clock
     uid: str
     minted_at: float = 0.0  # time.monotonic() when its mint was answered
+    #: ``expires_at`` less the server's time of the answer (its ``Date``; this machine's
+    #: clock without one): how long the token lives, whatever this machine's clock says.
+    lifetime: float = 0.0
 
-    def fresh(self, now: float, skew: float = REFRESH_SKEW) -> bool:
-        return now < self.expires_at - skew
+    def fresh(self, skew: float = REFRESH_SKEW) -> bool:
+        """True until ``skew`` seconds before it expires, counted on the monotonic clock
+        from the mint: a local clock minutes ahead of the server's would otherwise take
+        every token for stale at once and mint for every request."""
+        return time.monotonic() < self.minted_at + self.lifetime - skew
 
     def __repr__(self) -> str:
         return f"Token(uid={self.uid!r}, expires_at={self.expires_at})"
@@ -286,11 +292,11 @@ def _known_token(state: _State, first_id: Optional[int]) -> Optional[Token]:
         index = bisect.bisect_left(state.ends, first_id)
         if index < len(state.eras):
             token = state.eras[index].token
-            if token is not None and token.fresh(time.time(), RETIRING_SKEW):
+            if token is not None and token.fresh(RETIRING_SKEW):
                 return token
             # That identity has no usable token: the current one sends them.
     token = state.token
-    return token if token is not None and token.fresh(time.time()) else None
+    return token if token is not None and token.fresh() else None
 
 
 def _mergeable(era: _Era, minting: Optional[int]) -> bool:
@@ -299,10 +305,9 @@ def _mergeable(era: _Era, minting: Optional[int]) -> bool:
 
 
 def _compacted(eras: List[_Era], minting: Optional[int]) -> List[_Era]:
-    now = time.time()
     kept: List[_Era] = []
     for era in eras:
-        if era.token is not None and not era.token.fresh(now, RETIRING_SKEW):
+        if era.token is not None and not era.token.fresh(RETIRING_SKEW):
             era = replace(era, token=None)
         if kept and _mergeable(era, minting) and _mergeable(kept[-1], minting):
             kept[-1] = era
@@ -314,6 +319,13 @@ def _compacted(eras: List[_Era], minting: Optional[int]) -> List[_Era]:
 def _left(deadline: float) -> float:
     """Seconds until ``deadline``, never negative (a lock wait rejects negative timeouts)."""
     return max(0.0, deadline - time.monotonic())
+
+
+def _server_now(reply: Reply) -> float:
+    """The server's time of ``reply``: its ``Date`` when this machine's clock is off by
+    more than that header's one-second resolution, else this machine's (finer) clock."""
+    local, server = time.time(), reply.server_time()
+    return local if server is None or abs(server + 0.5 - local) <= 1.5 else server + 0.5
 
 
 def _token_from(reply: Reply) -> Token:
@@ -333,4 +345,5 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's token holds characters a header cannot carry",
             status=reply.status,
         )
-    return Token(value, expires, str(data.get("uid", "")), time.monotonic())
+    lifetime = expires - _server_now(reply)
+    return Token(value, expires, str(data.get("uid", "")), time.monotonic(), lifetime)

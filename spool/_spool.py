@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -552,13 +553,16 @@ class Spool:
         owner = f"{self._instance}.{_token()}"
 
         def txn(conn: sqlite3.Connection) -> Union[Batch, tuple[str, int, int], None]:
-            now = time.time()
+            now = _now()
             if not fresh_only:
                 batch = self._reclaim(conn, owner, now, now + lease)
                 if batch is not None:
                     return batch
+            # No age test at all without a min_age: a row stamped ahead of the clock (it
+            # was stepped back since) must not hold back everything behind it.
+            created_by = now - min_age if min_age > 0 else math.inf
             return self._claim_fresh(
-                conn, max_records, max_bytes, owner, now + lease, now - min_age, tag
+                conn, max_records, max_bytes, owner, now + lease, created_by, tag
             )
 
         claimed = self._write("claim", txn)
@@ -693,7 +697,7 @@ class Spool:
         def txn(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "UPDATE batches SET until = ? WHERE key = ? AND owner = ? AND status = ?",
-                (time.time() + lease, batch.key, batch.owner, _LEASED),
+                (_now() + lease, batch.key, batch.owner, _LEASED),
             ).rowcount
 
         return self._write("renew", txn) > 0
@@ -727,7 +731,7 @@ class Spool:
             conn.execute(
                 "UPDATE batches SET status = ?, owner = NULL, until = ?"
                 " WHERE key = ? AND owner = ?",
-                (_PENDING, time.time() + max(0.0, delay), batch.key, batch.owner),
+                (_PENDING, _now() + max(0.0, delay), batch.key, batch.owner),
             )
 
         self._write("release", txn)
@@ -876,7 +880,7 @@ class Spool:
         """A consistent snapshot of counts, sizes and the age of the oldest live record."""
 
         def read(conn: sqlite3.Connection) -> Stats:
-            now = time.time()
+            now = _now()
             live, live_bytes, oldest = conn.execute(
                 "SELECT count(*), coalesce(sum(length(data)), 0), min(created) FROM records"
             ).fetchone()
@@ -1224,6 +1228,28 @@ def _owned_span(conn: sqlite3.Connection, batch: Batch) -> Optional[tuple[int, i
     return None if row is None else (int(row[0]), int(row[1]))
 
 
+_clock_anchor = (time.time(), time.monotonic())
+#: Rows stamped this far ahead of the clock were stamped before it was stepped back; a
+#: wall clock this far behind where it was (by the monotonic clock) was stepped back.
+_CLOCK_SLACK = 5.0
+
+
+def _now() -> float:
+    """The wall clock, never stepping back within this process: leases and release times
+    are wall-clock instants (the only clock processes share), and a clock stepped back an
+    hour must not hold every batch leased or released before the step for that hour. After
+    such a step this runs on from where the clock was (by the monotonic clock) until the
+    wall clock catches up; otherwise it is the wall clock, so slewing never adds up."""
+    global _clock_anchor
+    wall, steady = time.time(), time.monotonic()
+    anchor_wall, anchor_steady = _clock_anchor
+    expected = anchor_wall + (steady - anchor_steady)
+    if wall >= expected - _CLOCK_SLACK:
+        _clock_anchor = (wall, steady)  # one tuple: threads never see a torn pair
+        return wall
+    return expected
+
+
 def _fresh_span(
     conn: sqlite3.Connection,
     floor: int,
@@ -1241,7 +1267,10 @@ def _fresh_span(
     fresh = conn.execute(_FRESH, (floor, max_records)).fetchall()
     # A batch owns an id range, so stop at the first row that is too young rather
     # than skipping it (a skipped row inside the range would be acked unsent).
-    rows = list(itertools.takewhile(lambda row: row[2] <= created_by, fresh))
+    # A row stamped well after now was stamped before the clock was stepped back (by this
+    # or another process): its age is unknown, and old enough.
+    stepped = time.time() + _CLOCK_SLACK
+    rows = list(itertools.takewhile(lambda row: row[2] <= created_by or row[2] > stepped, fresh))
     if not rows:
         return None
     if max_bytes is not None:

@@ -11,6 +11,7 @@ from typing import Callable
 
 import pytest
 import segops
+import spool._spool
 from _support import FAST, ErrorLog, free_port, ingestion, payload_ids, wait_until
 from segops.devserver import DevServer
 
@@ -297,6 +298,29 @@ def test_stats_after_flush_counts_what_the_flusher_delivered(
     wait_until(lambda: client.stats().in_flight == 1, timeout=5)
     client.flush(timeout=10)
     assert client.stats().delivered == 1
+
+
+def test_a_batch_whose_lease_lapsed_is_counted_once(
+    server: DevServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock jumps forward while the flusher's request is in flight: its lease
+    lapses, flush() sends the batch again (same Idempotency-Key), and the flusher's late
+    ack finds nothing to delete. delivered counts the events once, not twice."""
+    server.latency_ms = 600
+    client = make_client(flush_interval=0.05, batch_size=1)
+    for i in range(3):
+        client.track(user_id="u", event_type="e", payload={"i": i})
+    wait_until(lambda: client.stats().in_flight, timeout=10)
+    real = time.time
+    # The spool's clock follows the jump and never steps back within the process: its
+    # anchor is restored with the clock, for the tests that follow.
+    monkeypatch.setattr(spool._spool, "_clock_anchor", spool._spool._clock_anchor)
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    client.flush(timeout=10)
+    wait_until(lambda: server.stats()["duplicates_dropped"], timeout=5)  # the flusher's too
+    time.sleep(0.2)  # its late ack
+    assert len(server.events()) == 3
+    assert client.stats().delivered == 3
 
 
 def test_last_error_is_set_by_background_failures(

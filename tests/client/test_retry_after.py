@@ -8,8 +8,9 @@ from typing import Callable, List
 
 import pytest
 import segops
+import segops._flusher
 from _support import ErrorLog, ingestion, wait_until
-from segops._flusher import _backoff
+from segops._flusher import Flusher, _backoff
 from segops._retry import RETRY_AFTER_CAP
 from segops.devserver import DevServer
 
@@ -171,3 +172,40 @@ def test_shutdown_during_a_hint_reports_nothing_to_on_error(
         client.shutdown(timeout=0.2)
     assert errors.items[reported:] == []
     assert [r.status for r in ingestion(server)] == [429]
+
+
+class ScriptedDelivery:
+    """Stands in for Delivery: each deliver_next() takes the next step of a script (an
+    exception to raise, or how many records it delivered); then the spool is empty."""
+
+    def __init__(self, steps: List[object]) -> None:
+        self.steps = list(steps)
+
+    def deliver_next(self, **_: object) -> int:
+        if not self.steps:
+            return 0
+        step = self.steps.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return int(step)  # type: ignore[call-overload]
+
+
+def test_a_cycle_that_delivered_before_failing_starts_the_backoff_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failures count in a row: with a backlog the server takes between outages, each
+    outage backs off from the start (it grew to a minute over a few outages)."""
+    outage = segops.DeliveryError("server unreachable")
+    delivery = ScriptedDelivery([outage, outage, outage, 500, 500, outage, 500, outage])
+    seen: List[int] = []
+
+    def record(exc: BaseException, failures: int) -> float:
+        seen.append(failures)
+        return 0.0
+
+    monkeypatch.setattr(segops._flusher, "_backoff", record)
+    flusher = Flusher(delivery=delivery, interval=60.0, report=lambda exc: None)  # type: ignore[arg-type]
+    flusher.start()
+    wait_until(lambda: not delivery.steps, timeout=5)
+    flusher.stop(timeout=5)
+    assert seen == [1, 2, 3, 1, 1]

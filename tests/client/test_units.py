@@ -308,6 +308,30 @@ def test_session_refreshes_inside_skew() -> None:
     assert session.current().value == "t2"
 
 
+@pytest.mark.parametrize("local_clock_ahead", [1200.0, -1200.0, 0.0])
+def test_session_token_lifetime_follows_the_servers_clock(local_clock_ahead: float) -> None:
+    """A local clock 20 minutes off the server's (whose Date says so) neither mints for
+    every request nor keeps a token past its life: the 900 s token is reused."""
+    count = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        count[0] += 1
+        server_now = time.time() - local_clock_ahead
+        expires = dt.datetime.fromtimestamp(server_now + 900, dt.timezone.utc)
+        return httpx.Response(
+            200,
+            json={"token": f"t{count[0]}", "expires_at": expires.isoformat(), "uid": "u"},
+            headers={"Date": email.utils.formatdate(server_now, usegmt=True)},
+        )
+
+    session = Session(
+        api_key="pk_k", get_user=lambda: segops.UserContext(user_id="u"), http=sender(handler)
+    )
+    first = session.current()
+    assert session.current() is first and count[0] == 1
+    assert first.lifetime == pytest.approx(900, abs=1.5)
+
+
 def minting_session(uids: List[str]) -> Session:
     """A Session whose mints return tokens t1, t2, ... for the uid get_user() gives."""
     count = [0]
@@ -669,3 +693,23 @@ def test_session_token_a_header_cannot_carry_is_refused_without_quoting_it(
     assert "SECRETPART" not in printed
     assert "header" in str(info.value)
     assert set(paths) == {"/api/auth/session/"}, "an ingestion request went out with it"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"timeout": math.nan},
+        {"timeout": math.inf},
+        {"wait_initial": math.nan},
+        {"wait_max": -1.0},
+        {"retry_after_max": math.nan},
+        {"retry_after_max": math.inf},
+        {"attempts": 0},
+    ],
+    ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_retry_policy_refuses_times_that_are_not_finite(setting: Any) -> None:
+    """A NaN timeout made every claim fail (NULL lease) and an infinite one a lease that
+    never lapses: RetryPolicy refuses them, and negative or NaN waits, at construction."""
+    with pytest.raises(ValueError, match="RetryPolicy"):
+        segops.RetryPolicy(**setting)
