@@ -9,22 +9,24 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 EXTRAS="${BOOTSTRAP_EXTRAS:-}"
 say() { echo "segops bootstrap: $*" >&2; }
-# .venv is made in three steps, with a sentinel file beside it until the last one is done:
-# a .venv left without pip by an interrupted run (Ctrl-C, a python3 without ensurepip), or
-# whose interpreter has gone since (a Python upgraded or uninstalled), is made again. A
-# working .venv made some other way is adopted; a broken one that is not ours is left alone.
-usable() { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1; }
-if [ -f .venv/.segops-venv-ok ] && [ ! -f .segops-venv-creating ] && .venv/bin/python -c "" 2>/dev/null; then
-    :
-elif [ ! -f .segops-venv-creating ] && [ ! -f .venv/.segops-venv-ok ] && usable; then
-    touch .venv/.segops-venv-ok
+# .venv is made in three steps, with a sentinel file beside it until the last one is done.
+# A .venv whose python runs and imports pip is used (and adopted, whoever made it). One that
+# does not (an interrupted run, a python3 without ensurepip, its Python removed or upgraded
+# under it) is made again when this script made it, and left alone otherwise.
+usable() { [ -x .venv/bin/python ] && .venv/bin/python -c "import pip" >/dev/null 2>&1; }
+if usable; then
+    [ -f .venv/.segops-venv-ok ] || touch .venv/.segops-venv-ok
+    rm -f .segops-venv-creating
 else
     if [ -e .venv ] && [ ! -f .segops-venv-creating ] && [ ! -f .venv/.segops-venv-ok ]; then
         say ".venv exists but has no working pip, and this script did not make it:"
         say "remove it (rm -rf .venv) or give it pip (.venv/bin/python -m ensurepip), then run again"
         exit 1
     fi
-    [ -e .venv ] && say "removing the unusable .venv this script made" && rm -rf .venv
+    if [ -e .venv ]; then
+        say "removing the unusable .venv this script made"
+        rm -rf .venv
+    fi
     touch .segops-venv-creating
     say "creating .venv with $("$PY" --version 2>&1)"
     "$PY" -m venv .venv

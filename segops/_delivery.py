@@ -260,7 +260,7 @@ class Delivery:
         finally:
             if not acked:  # failed, or the lease had lapsed: whoever holds it now counts it
                 self._counters.add(delivered=-len(batch.records), skipped=-skipped)
-        if skipped:
+        if skipped and acked:  # reported once, by whoever counts it
             reports.append(
                 EventsSkipped(
                     f"the server skipped {skipped} of {len(batch.records)} events as invalid",

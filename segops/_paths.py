@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -115,25 +114,29 @@ _AFTER_SCHEME = re.compile(
 # as "ESC ( B", the C1 CSI) and other C0/C1 control characters become blanks: a server's
 # text must not drive the user's terminal, nor hide a key from the patterns ("\x1b(Bsk_..."
 # leaves a letter right before the key). A blank, not nothing: "name\rsk_live_..." must not
-# become "namesk_live_...", which no pattern takes for a key. Tab and newline stay.
-# A sequence's final byte is never taken from the start of a key or token ("\x9bsk_live_..."
-# must not lose its "s").
+# become "namesk_live_...", which no pattern takes for a key. Tab and newline stay. A
+# sequence never takes for its final byte the start of a key or token ("\x9bsk_live_..."
+# must keep its "s"), nor "%" or "\" (a printed escape before a key: "\x1b%3Dsk_live_...").
 _FINAL = r"(?![sp]k_|eyJ)"
 _CONTROLS = re.compile(
     rf"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*{_FINAL}[\x40-\x7e]"
-    rf"|\x1b[\x20-\x2f]*{_FINAL}[\x30-\x7e]|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+    rf"|\x1b[\x20-\x24\x26-\x2f]*{_FINAL}[\x30-\x5b\x5d-\x7e]|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 )
 # ESC as Python's repr() or JSON prints it ("\\x1b(B"): the same sequences, in text.
-_PRINTED_ESC = re.compile(r"\\(?:x1b|u001b|033)")
-# What may come between the characters of a known secret the server echoed: blanks, control
-# characters and sequences, invisible format characters (a wrapped or decorated echo).
-_SECRET_GAP = (
-    r"(?:[\s\x00-\x1f\x7f-\x9f\xad\u200b-\u200f\u2060-\u2064\ufeff]"
-    r"|\x1b\[?[\x30-\x3f]*[\x20-\x2f]*[\x30-\x7e])*"
+_PRINTED_ESC = re.compile(r"\\(?:x1b|u001b)")
+# What a server may have put between the characters of this client's own key or token (a
+# wrapped or decorated echo): controls and their sequences, line breaks, and characters a
+# terminal shows as nothing (format characters such as zero-width spaces and bidi marks,
+# variation selectors, fillers; a line break with the indent after it). Dropped to find
+# the secret, in the rare text that needs it.
+_INVISIBLE = re.compile(
+    r"\r?\n[ \t]*|" + _CONTROLS.pattern + r"|[\t\xad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f"
+    r"\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
+    r"\U000e0000-\U000e0fff]"
 )
-# The credential characters a cut may leave at its end: _AFTER_SCHEME's, so that no piece
-# of a credential it would have hidden stays.
-_CREDENTIAL_END = " \t\n\"',;&"
+# The characters a credential is made of (ASCII, no blank or delimiter): a cut drops the
+# run of them it went through, the start of a key or token too short for the patterns.
+_CUT_CREDENTIAL = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\"',;&")
 # Any "sk_"/"pk_" run, wherever it starts: for text the user typed (a CLI argument such as
 # "--api-keysk_live_..."), where a false alarm costs nothing.
 _KEY_ANYWHERE = re.compile(r"[sp]k_[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*")
@@ -142,8 +145,6 @@ _REDACTED_PREFIX = re.compile(r"[sp]k_(?:[a-z]+_)?")
 #: Server text longer than this is cut before it is redacted (the regexes are linear, but a
 #: megabyte of HTML is no explanation anyway); callers keep far less of it.
 REDACT_SCAN_LIMIT = 4096
-# Known secrets are looked for this far past the cut: one that straddles it, even with gaps.
-_SECRET_SLACK = 8192
 
 
 def redact_secrets(text: str, *secrets: Optional[str]) -> str:
@@ -153,13 +154,19 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
     ``ApiKey`` come out as :func:`redact` shows keys. Better a server's ``pk_events_id``
     shown as ``pk_…`` than a credential printed whole.
 
-    The known ``secrets`` are replaced before the text is cut to REDACT_SCAN_LIMIT (a cut
-    must not leave a piece of one that no pattern recognizes), also when control or
-    invisible characters were put between their characters."""
-    text = text[: REDACT_SCAN_LIMIT + _SECRET_SLACK]  # the rest could never be shown
-    for secret in secrets:
-        if secret:
-            text = _secret_pattern(secret).sub(redact(secret), text)
+    The known ``secrets`` are replaced in the whole text before it is cut (a cut must not
+    leave a piece of one that no pattern recognizes), also when control or invisible
+    characters or line breaks were put between their characters."""
+    known = [secret for secret in secrets if secret]
+    for secret in known:
+        text = text.replace(secret, redact(secret))
+    unprinted = _PRINTED_ESC.sub("\x1b", text) if known else text
+    if known and _INVISIBLE.search(unprinted):
+        squeezed = _INVISIBLE.sub("", unprinted)
+        if any(secret in squeezed for secret in known):
+            text = squeezed  # loses only what a terminal would not show (and line breaks)
+            for secret in known:
+                text = text.replace(secret, redact(secret))
     if len(text) > REDACT_SCAN_LIMIT:
         text = _cut(text)
     return _redact_patterns(_CONTROLS.sub(" ", _PRINTED_ESC.sub("\x1b", text)))
@@ -181,16 +188,9 @@ def redact_typed(text: str) -> str:
 
 
 def _cut(text: str) -> str:
-    """``text`` cut to REDACT_SCAN_LIMIT, less the word the cut went through: it may be the
-    start of a key or token, too short for the patterns to know it."""
-    text = text[:REDACT_SCAN_LIMIT]
-    end = max(text.rfind(c) for c in _CREDENTIAL_END)
-    return text[: end + 1] + "…"
-
-
-@functools.lru_cache(maxsize=32)
-def _secret_pattern(secret: str) -> re.Pattern[str]:
-    return re.compile(_SECRET_GAP.join(re.escape(c) for c in secret))
+    """``text`` cut to REDACT_SCAN_LIMIT, less the run of credential characters the cut
+    went through: it may be the start of a key or token, too short for the patterns."""
+    return text[:REDACT_SCAN_LIMIT].rstrip(_CUT_CREDENTIAL) + "…"
 
 
 def _redact_patterns(text: str) -> str:

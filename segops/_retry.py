@@ -61,9 +61,10 @@ class RetryPolicy:
             raise ValueError(
                 "RetryPolicy needs timeout, wait_initial and wait_max positive and finite"
             )
-        if not (isinstance(self.attempts, int) and self.attempts >= 1):
-            raise ValueError("RetryPolicy needs attempts >= 1")
-        if not 0 <= self.retry_after_max < math.inf:
+        if not (isinstance(self.attempts, (int, float)) and 1 <= self.attempts < math.inf):
+            raise ValueError("RetryPolicy needs a finite number of attempts, >= 1")
+        after_max = self.retry_after_max
+        if not (isinstance(after_max, (int, float)) and 0 <= after_max < math.inf):
             raise ValueError("RetryPolicy needs retry_after_max >= 0 and finite")
 
 

@@ -31,15 +31,16 @@ class Token:
     expires_at: float  # the server's wall clock
     uid: str
     minted_at: float = 0.0  # time.monotonic() when its mint was answered
-    #: ``expires_at`` less the server's time of the answer (its ``Date``; this machine's
-    #: clock without one): how long the token lives, whatever this machine's clock says.
-    lifetime: float = 0.0
+    #: The server's clock less this machine's, from the mint answer's ``Date`` (0 when
+    #: they agree within that header's one-second resolution, or there is none).
+    offset: float = 0.0
 
     def fresh(self, skew: float = REFRESH_SKEW) -> bool:
-        """True until ``skew`` seconds before it expires, counted on the monotonic clock
-        from the mint: a local clock minutes ahead of the server's would otherwise take
-        every token for stale at once and mint for every request."""
-        return time.monotonic() < self.minted_at + self.lifetime - skew
+        """True until ``skew`` seconds before it expires, by the server's clock: a local
+        clock minutes ahead of it would otherwise take every token for stale at once and
+        mint for every request. (The wall clock, not the monotonic one: that one stops
+        while the machine sleeps.)"""
+        return time.time() + self.offset < self.expires_at - skew
 
     def __repr__(self) -> str:
         return f"Token(uid={self.uid!r}, expires_at={self.expires_at})"
@@ -321,11 +322,15 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _server_now(reply: Reply) -> float:
-    """The server's time of ``reply``: its ``Date`` when this machine's clock is off by
-    more than that header's one-second resolution, else this machine's (finer) clock."""
-    local, server = time.time(), reply.server_time()
-    return local if server is None or abs(server + 0.5 - local) <= 1.5 else server + 0.5
+def _clock_offset(reply: Reply) -> float:
+    """The server's clock less this machine's, by ``reply``'s ``Date``: 0 when they agree
+    within that header's resolution (or it has none), else rounded so as to count the
+    token stale up to a second early, never late (``Date`` is cut to the second)."""
+    server = reply.server_time()
+    if server is None:
+        return 0.0
+    offset = server + 1.0 - time.time()
+    return 0.0 if -1.5 <= offset <= 1.5 else offset
 
 
 def _token_from(reply: Reply) -> Token:
@@ -345,5 +350,5 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's token holds characters a header cannot carry",
             status=reply.status,
         )
-    lifetime = expires - _server_now(reply)
-    return Token(value, expires, str(data.get("uid", "")), time.monotonic(), lifetime)
+    offset = _clock_offset(reply)
+    return Token(value, expires, str(data.get("uid", "")), time.monotonic(), offset)

@@ -553,7 +553,7 @@ class Spool:
         owner = f"{self._instance}.{_token()}"
 
         def txn(conn: sqlite3.Connection) -> Union[Batch, tuple[str, int, int], None]:
-            now = _now()
+            now = time.time()
             if not fresh_only:
                 batch = self._reclaim(conn, owner, now, now + lease)
                 if batch is not None:
@@ -697,7 +697,7 @@ class Spool:
         def txn(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "UPDATE batches SET until = ? WHERE key = ? AND owner = ? AND status = ?",
-                (_now() + lease, batch.key, batch.owner, _LEASED),
+                (time.time() + lease, batch.key, batch.owner, _LEASED),
             ).rowcount
 
         return self._write("renew", txn) > 0
@@ -731,7 +731,9 @@ class Spool:
             conn.execute(
                 "UPDATE batches SET status = ?, owner = NULL, until = ?"
                 " WHERE key = ? AND owner = ?",
-                (_PENDING, _now() + max(0.0, delay), batch.key, batch.owner),
+                # Without a delay, claimable at any clock: a wall clock stepped back must
+                # not hold a batch given back for retry until it catches up.
+                (_PENDING, time.time() + delay if delay > 0 else 0.0, batch.key, batch.owner),
             )
 
         self._write("release", txn)
@@ -880,7 +882,7 @@ class Spool:
         """A consistent snapshot of counts, sizes and the age of the oldest live record."""
 
         def read(conn: sqlite3.Connection) -> Stats:
-            now = _now()
+            now = time.time()
             live, live_bytes, oldest = conn.execute(
                 "SELECT count(*), coalesce(sum(length(data)), 0), min(created) FROM records"
             ).fetchone()
@@ -1228,26 +1230,8 @@ def _owned_span(conn: sqlite3.Connection, batch: Batch) -> Optional[tuple[int, i
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-_clock_anchor = (time.time(), time.monotonic())
-#: Rows stamped this far ahead of the clock were stamped before it was stepped back; a
-#: wall clock this far behind where it was (by the monotonic clock) was stepped back.
+#: Rows stamped this far ahead of the clock were stamped before it was stepped back.
 _CLOCK_SLACK = 5.0
-
-
-def _now() -> float:
-    """The wall clock, never stepping back within this process: leases and release times
-    are wall-clock instants (the only clock processes share), and a clock stepped back an
-    hour must not hold every batch leased or released before the step for that hour. After
-    such a step this runs on from where the clock was (by the monotonic clock) until the
-    wall clock catches up; otherwise it is the wall clock, so slewing never adds up."""
-    global _clock_anchor
-    wall, steady = time.time(), time.monotonic()
-    anchor_wall, anchor_steady = _clock_anchor
-    expected = anchor_wall + (steady - anchor_steady)
-    if wall >= expected - _CLOCK_SLACK:
-        _clock_anchor = (wall, steady)  # one tuple: threads never see a torn pair
-        return wall
-    return expected
 
 
 def _fresh_span(

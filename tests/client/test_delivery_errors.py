@@ -11,7 +11,6 @@ from typing import Callable
 
 import pytest
 import segops
-import spool._spool
 from _support import FAST, ErrorLog, free_port, ingestion, payload_ids, wait_until
 from segops.devserver import DevServer
 
@@ -312,9 +311,6 @@ def test_a_batch_whose_lease_lapsed_is_counted_once(
         client.track(user_id="u", event_type="e", payload={"i": i})
     wait_until(lambda: client.stats().in_flight, timeout=10)
     real = time.time
-    # The spool's clock follows the jump and never steps back within the process: its
-    # anchor is restored with the clock, for the tests that follow.
-    monkeypatch.setattr(spool._spool, "_clock_anchor", spool._spool._clock_anchor)
     monkeypatch.setattr(time, "time", lambda: real() + 3600)
     client.flush(timeout=10)
     wait_until(lambda: server.stats()["duplicates_dropped"], timeout=5)  # the flusher's too

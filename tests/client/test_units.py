@@ -329,7 +329,31 @@ def test_session_token_lifetime_follows_the_servers_clock(local_clock_ahead: flo
     )
     first = session.current()
     assert session.current() is first and count[0] == 1
-    assert first.lifetime == pytest.approx(900, abs=1.5)
+    assert first.offset == pytest.approx(-local_clock_ahead, abs=1.5)
+    assert first.fresh(skew=898) and not first.fresh(skew=902)  # ~900 s left, server time
+
+
+def test_session_token_ages_while_the_machine_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token is judged by the wall clock, which runs on while the machine sleeps (the
+    monotonic clock does not): 70 s asleep puts a 120 s token inside its last 60 s."""
+    count = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        count[0] += 1
+        expires = dt.datetime.fromtimestamp(time.time() + 120, dt.timezone.utc)
+        return httpx.Response(
+            200,
+            json={"token": f"t{count[0]}", "expires_at": expires.isoformat(), "uid": "u"},
+            headers={"Date": email.utils.formatdate(time.time(), usegmt=True)},
+        )
+
+    session = Session(
+        api_key="pk_k", get_user=lambda: segops.UserContext(user_id="u"), http=sender(handler)
+    )
+    assert session.current().value == "t1"
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 70)  # woken up 70 s later
+    assert session.current().value == "t2"
 
 
 def minting_session(uids: List[str]) -> Session:
@@ -415,6 +439,22 @@ def test_holds_secret_decides_whether_an_error_may_be_chained(text: str, held: b
     assert holds_secret(text, "my-own-secret-value") is held
 
 
+def test_an_echo_of_the_key_with_escapes_between_its_characters_is_quick() -> None:
+    """Each character of the key twice, each behind an ESC: a gap-tolerant pattern took
+    twice as long per character (hours for a whole key); the text is searched linearly."""
+    body = "".join("\x1b" + c + "\x1b" + c for c in KEY) + "!"
+    started = time.monotonic()
+    Reply(400, body.encode()).detail(KEY)
+    redact_secrets(("\x1b" + KEY) * 30_000, KEY)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_long_detail_in_chinese_stays_readable() -> None:
+    """The cut drops only a run of ASCII credential characters, not the words before it."""
+    shown = Reply(400, json.dumps({"detail": "错误" * 3000}).encode()).detail()
+    assert shown.startswith("错误错误") and len(shown) == 500
+
+
 def test_holds_secret_is_quick_on_crafted_text() -> None:
     """Runs of JWT starts made the token pattern quadratic over a whole 88 KB transport
     error (20 s per retry); text past the scan limit is not scanned."""
@@ -438,6 +478,9 @@ KEY = "sk_live_4f9aQ2xZ7bN1mK3pL8vR"
         "\x9b" + KEY,
         "\x1b7" + KEY,
         "bytearray(b'X-Junk : \\x1b(B" + KEY + "')",
+        repr("\x1b\n" + KEY),
+        "\x1b%3D" + KEY,
+        "\x1b\\u003c" + KEY,
     ],
     ids=[
         "charset",
@@ -448,6 +491,9 @@ KEY = "sk_live_4f9aQ2xZ7bN1mK3pL8vR"
         "bare-c1",
         "esc-7",
         "printed",
+        "esc-then-printed-newline",
+        "esc-then-url-escape",
+        "esc-then-unicode-escape",
     ],
 )
 def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
@@ -464,8 +510,12 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "sk_\x00live_4f9aQ2xZ7bN1mK3pL8vR",
         "sk_live_\x1b[0m4f9aQ2xZ7b\r\nN1mK3pL8vR",
         "sk_live_4f9a\u200bQ2xZ7b\xadN1mK3pL8vR",
+        "\u2066".join(KEY),
+        "s\\x1b[0mk_live_4f9aQ2xZ7bN1mK3pL8vR",
+        "s\x9b1mk_live_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_live_4f9aQ2xZ7b\n    N1mK3pL8vR",
     ],
-    ids=["nul", "colour-and-wrap", "invisible"],
+    ids=["nul", "colour-and-wrap", "invisible", "bidi", "printed-esc", "c1-csi", "indented-wrap"],
 )
 def test_this_clients_key_echoed_with_gaps_is_redacted(echo: str) -> None:
     """The client's own key comes out redacted also when the server put control or
@@ -705,6 +755,7 @@ def test_session_token_a_header_cannot_carry_is_refused_without_quoting_it(
         {"retry_after_max": math.nan},
         {"retry_after_max": math.inf},
         {"attempts": 0},
+        {"retry_after_max": None},
     ],
     ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()),
 )
@@ -713,3 +764,9 @@ def test_retry_policy_refuses_times_that_are_not_finite(setting: Any) -> None:
     never lapses: RetryPolicy refuses them, and negative or NaN waits, at construction."""
     with pytest.raises(ValueError, match="RetryPolicy"):
         segops.RetryPolicy(**setting)
+
+
+def test_retry_policy_still_takes_plain_numbers() -> None:
+    """Float attempts, int times and a zero retry_after_max stay valid."""
+    policy = segops.RetryPolicy(attempts=2.0, timeout=5, wait_initial=1, retry_after_max=0)  # type: ignore[arg-type]
+    assert policy.attempts == 2.0
