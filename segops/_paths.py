@@ -129,11 +129,18 @@ _PRINTED_ESC = re.compile(r"\\(?:x1b|u001b)")
 # terminal shows as nothing (format characters such as zero-width spaces and bidi marks,
 # variation selectors, fillers; a line break with the indent after it). Dropped to find
 # the secret, in the rare text that needs it.
-_INVISIBLE = re.compile(
-    r"\r?\n[ \t]*|" + _CONTROLS.pattern + r"|[\t\xad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f"
-    r"\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
-    r"\U000e0000-\U000e0fff]"
+_INVISIBLE_CHARACTERS = (
+    r"[\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000e0000-\U000e0fff]"
 )
+# Two readings, as "ESC k" may be a sequence or an ESC before the key's "k": sequences
+# whole, or every invisible character alone.
+_INVISIBLE = (
+    re.compile(r"\r?\n[ \t]*|" + _CONTROLS.pattern + "|" + _INVISIBLE_CHARACTERS),
+    re.compile(r"\r?\n[ \t]*|" + _INVISIBLE_CHARACTERS),
+)
+#: What server text that echoes this client's credential in pieces shows instead.
+WITHHELD = "(the server's text is withheld: it echoes this client's credential)"
 # The characters a credential is made of (ASCII, no blank or delimiter): a cut drops the
 # run of them it went through, the start of a key or token too short for the patterns.
 _CUT_CREDENTIAL = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\"',;&")
@@ -160,13 +167,8 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
     known = [secret for secret in secrets if secret]
     for secret in known:
         text = text.replace(secret, redact(secret))
-    unprinted = _PRINTED_ESC.sub("\x1b", text) if known else text
-    if known and _INVISIBLE.search(unprinted):
-        squeezed = _INVISIBLE.sub("", unprinted)
-        if any(secret in squeezed for secret in known):
-            text = squeezed  # loses only what a terminal would not show (and line breaks)
-            for secret in known:
-                text = text.replace(secret, redact(secret))
+    if known and _echoes_in_pieces(text, known):
+        return WITHHELD
     if len(text) > REDACT_SCAN_LIMIT:
         text = _cut(text)
     return _redact_patterns(_CONTROLS.sub(" ", _PRINTED_ESC.sub("\x1b", text)))
@@ -185,6 +187,20 @@ def redact_typed(text: str) -> str:
     """Text the user typed (CLI arguments) with every ``sk_``/``pk_`` run redacted, glued
     to other characters or not ("--api-keysk_live_...")."""
     return _KEY_ANYWHERE.sub(lambda m: redact(m.group()), text)
+
+
+def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
+    """True when ``text`` holds one of ``secrets`` with invisible characters (or a wrapped
+    line) between its characters: a terminal would show it whole. Such text is withheld
+    rather than cut up: removing the characters would glue other credentials to the words
+    before them, which the patterns then miss."""
+    unprinted = _PRINTED_ESC.sub("\x1b", text)
+    for invisible in _INVISIBLE:
+        if invisible.search(unprinted):
+            squeezed = invisible.sub("", unprinted)
+            if any(secret in squeezed for secret in secrets):
+                return True
+    return False
 
 
 def _cut(text: str) -> str:

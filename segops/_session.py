@@ -21,6 +21,8 @@ from ._types import UserContext
 REFRESH_SKEW = 60.0
 #: How long a retired session token (``reset_session``) may still be used before it expires.
 RETIRING_SKEW = 5.0
+#: A token said to live longer than this (by the answer's ``Date``) is judged by our clock.
+_MAX_TOKEN_LIFE = 86400.0
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class Token:
     expires_at: float  # the server's wall clock
     uid: str
     minted_at: float = 0.0  # time.monotonic() when its mint was answered
-    #: The server's clock less this machine's, from the mint answer's ``Date`` (0 when
-    #: they agree within that header's one-second resolution, or there is none).
+    #: The server's clock less this machine's, from the mint answer's ``Date`` (0 without
+    #: one), rounded so that the token is stale up to a second early, never late.
     offset: float = 0.0
 
     def fresh(self, skew: float = REFRESH_SKEW) -> bool:
@@ -322,15 +324,17 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _clock_offset(reply: Reply) -> float:
-    """The server's clock less this machine's, by ``reply``'s ``Date``: 0 when they agree
-    within that header's resolution (or it has none), else rounded so as to count the
-    token stale up to a second early, never late (``Date`` is cut to the second)."""
+def _clock_offset(reply: Reply, expires_at: float) -> float:
+    """The server's clock less this machine's, by ``reply``'s ``Date`` (0 without one).
+    ``Date`` is cut to the second, so its end is taken: the token counts as stale up to a
+    second early, never late. A ``Date`` that would make the token already expired, or
+    live for more than a day, is not the clock that set ``expires_at`` (a proxy's, say)."""
     server = reply.server_time()
     if server is None:
         return 0.0
     offset = server + 1.0 - time.time()
-    return 0.0 if -1.5 <= offset <= 1.5 else offset
+    left = expires_at - (time.time() + offset)
+    return offset if 0 < left <= _MAX_TOKEN_LIFE else 0.0
 
 
 def _token_from(reply: Reply) -> Token:
@@ -350,5 +354,5 @@ def _token_from(reply: Reply) -> Token:
             "session mint: the server's token holds characters a header cannot carry",
             status=reply.status,
         )
-    offset = _clock_offset(reply)
+    offset = _clock_offset(reply, expires)
     return Token(value, expires, str(data.get("uid", "")), time.monotonic(), offset)

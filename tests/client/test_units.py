@@ -18,7 +18,7 @@ import segops
 from segops._delivery import _classify, _left
 from segops._encoding import parse_iso8601
 from segops._http import HttpSender, Reply
-from segops._paths import holds_secret, redact_secrets
+from segops._paths import WITHHELD, holds_secret, redact_secrets
 from segops._retry import Retryable
 from segops._session import REFRESH_SKEW, Session
 
@@ -333,6 +333,41 @@ def test_session_token_lifetime_follows_the_servers_clock(local_clock_ahead: flo
     assert first.fresh(skew=898) and not first.fresh(skew=902)  # ~900 s left, server time
 
 
+def _minted_with(date_ahead: float, life: float, date_only: bool = False) -> Any:
+    """A token minted by a server whose clock (and Date) is ``date_ahead`` s ahead of ours;
+    with ``date_only``, only its Date is (its expires_at is set by a clock like ours)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        server_now = time.time() + date_ahead
+        base = time.time() if date_only else server_now
+        expires = dt.datetime.fromtimestamp(base + life, dt.timezone.utc)
+        return httpx.Response(
+            200,
+            json={"token": "t", "expires_at": expires.isoformat(), "uid": "u"},
+            headers={"Date": email.utils.formatdate(server_now, usegmt=True)},
+        )
+
+    return Session(
+        api_key="pk_k", get_user=lambda: segops.UserContext(user_id="u"), http=sender(handler)
+    ).current()
+
+
+def test_session_token_is_never_used_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our clock 0.45 s behind the server's: the token is stale once the server's clock
+    says 60 s are left, not 0.45 s later (Date is cut to the second: its end is taken)."""
+    token = _minted_with(date_ahead=0.45, life=120.0)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 120.0 - 60.0 + 0.05)  # 59.95 s left
+    assert not token.fresh()
+
+
+def test_a_date_that_is_not_the_tokens_clock_is_ignored() -> None:
+    """A Date a day off the clock that set expires_at (a proxy's) would make the token
+    expired at once, or live a day: our clock judges it instead."""
+    assert _minted_with(date_ahead=86400.0, life=900.0, date_only=True).offset == 0.0
+    assert _minted_with(date_ahead=-86400.0, life=900.0, date_only=True).offset == 0.0
+
+
 def test_session_token_ages_while_the_machine_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
     """A token is judged by the wall clock, which runs on while the machine sleeps (the
     monotonic clock does not): 70 s asleep puts a 120 s token inside its last 60 s."""
@@ -514,14 +549,29 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "s\\x1b[0mk_live_4f9aQ2xZ7bN1mK3pL8vR",
         "s\x9b1mk_live_4f9aQ2xZ7bN1mK3pL8vR",
         "sk_live_4f9aQ2xZ7b\n    N1mK3pL8vR",
+        "s\x1bk_live_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_live_4f9a\x9bQ2xZ7bN1mK3pL8vR",
     ],
-    ids=["nul", "colour-and-wrap", "invisible", "bidi", "printed-esc", "c1-csi", "indented-wrap"],
+    ids=[
+        "nul",
+        "colour-and-wrap",
+        "invisible",
+        "bidi",
+        "printed-esc",
+        "c1-csi",
+        "indented-wrap",
+        "esc-before-a-letter",
+        "bare-c1-inside",
+    ],
 )
-def test_this_clients_key_echoed_with_gaps_is_redacted(echo: str) -> None:
-    """The client's own key comes out redacted also when the server put control or
-    invisible characters (or a line break) between its characters."""
-    shown = redact_secrets(f"echo: {echo} refused", KEY)
-    assert shown == "echo: sk_live_…L8vR refused"
+def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
+    """Server text that echoes the client's own key with control or invisible characters
+    (or a wrapped line) between its characters, which a terminal would show whole, is
+    withheld: cut up, it would glue other credentials in it to the words before them."""
+    others = "id\tsk_live_OTHERCUSTOMER9876543210 Bearer\na1b2c3d4e5f6g7h8i9j0k1l2"
+    shown = redact_secrets(f"echo: {echo} refused; {others}", KEY)
+    assert shown == WITHHELD
+    assert holds_secret(f"echo: {echo}", KEY)
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"detail":' * 50_000])
