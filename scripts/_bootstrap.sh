@@ -10,10 +10,12 @@ PY="${PYTHON:-python3}"
 EXTRAS="${BOOTSTRAP_EXTRAS:-}"
 say() { echo "segops bootstrap: $*" >&2; }
 # .venv is made in three steps, with a sentinel file beside it until the last one is done.
-# A .venv whose python runs pip is used (and adopted, whoever made it). One that
+# A .venv whose python can import pip is used (and adopted, whoever made it). One that
 # does not (an interrupted run, a python3 without ensurepip, its Python removed or upgraded
 # under it) is made again when this script made it, and left alone otherwise.
-usable() { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1; }
+# (Imported, not run: running pip reads the user's pip configuration, whose errors are not
+# the venv's.)
+usable() { [ -x .venv/bin/python ] && .venv/bin/python -c "import pip._internal.cli.main" >/dev/null 2>&1; }
 if usable; then
     [ -f .venv/.segops-venv-ok ] || touch .venv/.segops-venv-ok
     rm -f .segops-venv-creating

@@ -41,7 +41,8 @@ def _credentials(headers: Mapping[str, str]) -> List[str]:
 def _failure(what: str, exc: Exception, headers: Mapping[str, str]) -> Retryable:
     """A transport failure, told without secrets: h11 quotes the server's bytes in its
     errors ("illegal header line: ..."), and a broken proxy may echo our credentials."""
-    return Retryable(redact_secrets(f"{what}: {type(exc).__name__}: {exc}", *_credentials(headers)))
+    told = redact_secrets(str(exc), *_credentials(headers))  # ours stays readable
+    return Retryable(f"{what}: {type(exc).__name__}: {told}")
 
 
 def _cause(exc: Exception, headers: Mapping[str, str]) -> Optional[Exception]:

@@ -130,14 +130,22 @@ _PRINTED_ESC = re.compile(r"\\(?:x1b|u001b)")
 # variation selectors, fillers; a line break with the indent after it). Dropped to find
 # the secret, in the rare text that needs it.
 _INVISIBLE_CHARACTERS = (
-    r"[\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e"
-    r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000e0000-\U000e0fff]"
+    r"[\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
+    r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
-# Two readings, as "ESC k" may be a sequence or an ESC before the key's "k": sequences
-# whole, or every invisible character alone.
+# OSC/DCS/APC strings (ESC ] ... BEL or ST): removed whole in every reading.
+_TERMINAL_STRING = r"\x1b[\]P_^][^\x07\x1b]*(?:\x07|\x1b\\)?"
+# Three readings, as "ESC [ 0 k" may be a sequence ending in the key's "k" or one cut short
+# before it: sequences whole; sequence introducers and parameters without a final byte; and
+# every invisible character (and blank) alone. A line break with its indent goes in all.
 _INVISIBLE = (
-    re.compile(r"\r?\n[ \t]*|" + _CONTROLS.pattern + "|" + _INVISIBLE_CHARACTERS),
-    re.compile(r"\r?\n[ \t]*|" + _INVISIBLE_CHARACTERS),
+    re.compile(rf"\r?\n[ \t]*|{_TERMINAL_STRING}|{_CONTROLS.pattern}|{_INVISIBLE_CHARACTERS}"),
+    re.compile(
+        rf"\r?\n[ \t]*|{_TERMINAL_STRING}|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*"
+        rf"|\x1b[\x20-\x2f]*|{_INVISIBLE_CHARACTERS}"
+    ),
+    re.compile(rf"\r?\n[ \t]*|[ ]|{_INVISIBLE_CHARACTERS}"),
 )
 #: What server text that echoes this client's credential in pieces shows instead.
 WITHHELD = "(the server's text is withheld: it echoes this client's credential)"

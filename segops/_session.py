@@ -325,15 +325,19 @@ def _left(deadline: float) -> float:
 
 
 def _clock_offset(reply: Reply, expires_at: float) -> float:
-    """The server's clock less this machine's, by ``reply``'s ``Date`` (0 without one).
-    ``Date`` is cut to the second, so its end is taken: the token counts as stale up to a
-    second early, never late. A ``Date`` that would make the token already expired, or
-    live for more than a day, is not the clock that set ``expires_at`` (a proxy's, say)."""
+    """The server's clock less this machine's, by ``reply``'s ``Date`` (0 without one, or
+    when our clock lies within the second Date names). ``Date`` is cut to the second, so
+    otherwise its end is taken: the token counts as stale up to a second early. A ``Date``
+    that would make the token already expired, or live for more than a day, is not the
+    clock that set ``expires_at`` (a proxy's, say)."""
     server = reply.server_time()
     if server is None:
         return 0.0
-    offset = server + 1.0 - time.time()
-    left = expires_at - (time.time() + offset)
+    local = time.time()
+    offset = server + 1.0 - local
+    if 0.0 <= offset <= 1.0:
+        return 0.0  # the clocks agree as far as Date tells: ours, to the 60 s rule exactly
+    left = expires_at - (local + offset)
     return offset if 0 < left <= _MAX_TOKEN_LIFE else 0.0
 
 

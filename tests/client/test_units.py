@@ -353,12 +353,19 @@ def _minted_with(date_ahead: float, life: float, date_only: bool = False) -> Any
 
 
 def test_session_token_is_never_used_late(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Our clock 0.45 s behind the server's: the token is stale once the server's clock
-    says 60 s are left, not 0.45 s later (Date is cut to the second: its end is taken)."""
-    token = _minted_with(date_ahead=0.45, life=120.0)
+    """Our clock 1.6 s behind the server's (more than Date's resolution): the token is
+    stale once the server's clock says 60 s are left, not 1.6 s later."""
+    token = _minted_with(date_ahead=1.6, life=120.0)
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 120.0 - 60.0 + 0.05)  # 59.95 s left
     assert not token.fresh()
+
+
+def test_session_token_follows_the_60s_rule_exactly_when_clocks_agree() -> None:
+    """Clocks that agree within Date's one-second resolution: our clock judges the token,
+    so it is reused right up to 60 s before expires_at (a test's reuse window relies on it)."""
+    token = _minted_with(date_ahead=0.0, life=63.0)
+    assert token.offset == 0.0 and token.fresh()
 
 
 def test_a_date_that_is_not_the_tokens_clock_is_ignored() -> None:
@@ -551,6 +558,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "sk_live_4f9aQ2xZ7b\n    N1mK3pL8vR",
         "s\x1bk_live_4f9aQ2xZ7bN1mK3pL8vR",
         "sk_live_4f9a\x9bQ2xZ7bN1mK3pL8vR",
+        "s\u180bk_live_4f9aQ2xZ7bN1mK3pL8vR",
+        "s\x1b[0k_live_4f9aQ2xZ7bN1mK3pL8vR",
+        "s\x1b]0;t\x07k_live_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_live_ 4f9aQ2xZ7bN1mK3pL8vR",
     ],
     ids=[
         "nul",
@@ -562,6 +573,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "indented-wrap",
         "esc-before-a-letter",
         "bare-c1-inside",
+        "mongolian-selector",
+        "csi-ending-in-the-key",
+        "osc-string",
+        "space",
     ],
 )
 def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
