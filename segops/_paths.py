@@ -134,18 +134,21 @@ _INVISIBLE_CHARACTERS = (
     r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
     r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
-# OSC/DCS/APC strings (ESC ] ... BEL or ST): removed whole in every reading.
-_TERMINAL_STRING = r"\x1b[\]P_^][^\x07\x1b]*(?:\x07|\x1b\\)?"
+# OSC/DCS/APC strings (ESC ] ... BEL or ST, also the C1 forms): removed whole in every
+# reading but the last.
+_TERMINAL_STRING = (
+    r"[\x1b][\]P_^][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x90\x9d\x9e\x9f][^\x07\x9c]*[\x07\x9c]?"
+)
 # Three readings, as "ESC [ 0 k" may be a sequence ending in the key's "k" or one cut short
 # before it: sequences whole; sequence introducers and parameters without a final byte; and
-# every invisible character (and blank) alone. A line break with its indent goes in all.
+# every invisible character alone. Blanks of any kind go in all three.
 _INVISIBLE = (
-    re.compile(rf"\r?\n[ \t]*|{_TERMINAL_STRING}|{_CONTROLS.pattern}|{_INVISIBLE_CHARACTERS}"),
+    re.compile(rf"{_TERMINAL_STRING}|{_CONTROLS.pattern}|{_INVISIBLE_CHARACTERS}|\s"),
     re.compile(
-        rf"\r?\n[ \t]*|{_TERMINAL_STRING}|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*"
-        rf"|\x1b[\x20-\x2f]*|{_INVISIBLE_CHARACTERS}"
+        rf"{_TERMINAL_STRING}|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*"
+        rf"|\x1b[\x20-\x2f]*|{_INVISIBLE_CHARACTERS}|\s"
     ),
-    re.compile(rf"\r?\n[ \t]*|[ ]|{_INVISIBLE_CHARACTERS}"),
+    re.compile(rf"{_INVISIBLE_CHARACTERS}|\s"),
 )
 #: What server text that echoes this client's credential in pieces shows instead.
 WITHHELD = "(the server's text is withheld: it echoes this client's credential)"
@@ -202,7 +205,8 @@ def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
     line) between its characters: a terminal would show it whole. Such text is withheld
     rather than cut up: removing the characters would glue other credentials to the words
     before them, which the patterns then miss."""
-    unprinted = _PRINTED_ESC.sub("\x1b", text)
+    # What could reach the shown part (cut at REDACT_SCAN_LIMIT), with room for long gaps.
+    unprinted = _PRINTED_ESC.sub("\x1b", text[: REDACT_SCAN_LIMIT * 4])
     for invisible in _INVISIBLE:
         if invisible.search(unprinted):
             squeezed = invisible.sub("", unprinted)

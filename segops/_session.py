@@ -33,8 +33,10 @@ class Token:
     expires_at: float  # the server's wall clock
     uid: str
     minted_at: float = 0.0  # time.monotonic() when its mint was answered
-    #: The server's clock less this machine's, from the mint answer's ``Date`` (0 without
-    #: one), rounded so that the token is stale up to a second early, never late.
+    #: The server's clock less this machine's, from the mint answer's ``Date``: 0 without
+    #: one, or when our clock lies within the second the Date names (ours then judges
+    #: the token, less than a second either way of the 60 s rule); else taken from the end
+    #: of that second, so that the token is stale up to a second early.
     offset: float = 0.0
 
     def fresh(self, skew: float = REFRESH_SKEW) -> bool:

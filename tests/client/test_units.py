@@ -562,6 +562,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "s\x1b[0k_live_4f9aQ2xZ7bN1mK3pL8vR",
         "s\x1b]0;t\x07k_live_4f9aQ2xZ7bN1mK3pL8vR",
         "sk_live_ 4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_l \x1b[0mive_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_l \x1b]0;x\x07ive_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_l\xa0ive_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_l\x9d0;x\x9cive_4f9aQ2xZ7bN1mK3pL8vR",
     ],
     ids=[
         "nul",
@@ -577,6 +581,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "csi-ending-in-the-key",
         "osc-string",
         "space",
+        "space-and-colour",
+        "space-and-osc",
+        "no-break-space",
+        "c1-osc",
     ],
 )
 def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
