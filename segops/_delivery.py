@@ -252,11 +252,9 @@ class Delivery:
         # stats() right after it must include these events. Uncounted if the ack fails
         # (they stay spooled and go again).
         self._counters.add(delivered=len(batch.records), skipped=skipped)
+        acked = 0
         try:
             acked = self._spool.ack(batch)
-        except BaseException:
-            acked = 0
-            raise
         finally:
             if not acked:  # failed, or the lease had lapsed: whoever holds it now counts it
                 self._counters.add(delivered=-len(batch.records), skipped=-skipped)

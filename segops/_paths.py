@@ -157,7 +157,7 @@ WITHHELD = "(the server's text is withheld: it echoes this client's credential)"
 _CUT_CREDENTIAL = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\"',;&")
 # Any "sk_"/"pk_" run, wherever it starts: for text the user typed (a CLI argument such as
 # "--api-keysk_live_..."), where a false alarm costs nothing.
-_KEY_ANYWHERE = re.compile(r"[sp]k_[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*")
+_KEY_ANYWHERE = re.compile(_KEY_BODY)
 # What redact() leaves of a key (the prefix, before its ellipsis): not a secret.
 _REDACTED_PREFIX = re.compile(r"[sp]k_(?:[a-z]+_)?")
 #: Server text longer than this is cut before it is redacted (the regexes are linear, but a
@@ -182,7 +182,7 @@ def redact_secrets(text: str, *secrets: Optional[str]) -> str:
         return WITHHELD
     if len(text) > REDACT_SCAN_LIMIT:
         text = _cut(text)
-    return _redact_patterns(_CONTROLS.sub(" ", _PRINTED_ESC.sub("\x1b", text)))
+    return _redact_patterns(_blanked(text))
 
 
 def holds_secret(text: str, *secrets: Optional[str]) -> bool:
@@ -191,7 +191,7 @@ def holds_secret(text: str, *secrets: Optional[str]) -> bool:
     run over more than that (one of them is quadratic on crafted input)."""
     if len(text) > REDACT_SCAN_LIMIT:
         return True
-    return redact_secrets(text, *secrets) != _CONTROLS.sub(" ", _PRINTED_ESC.sub("\x1b", text))
+    return redact_secrets(text, *secrets) != _blanked(text)
 
 
 def redact_typed(text: str) -> str:
@@ -213,6 +213,11 @@ def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
             if any(secret in squeezed for secret in secrets):
                 return True
     return False
+
+
+def _blanked(text: str) -> str:
+    """``text`` with its escape sequences (printed ones too) and control characters blank."""
+    return _CONTROLS.sub(" ", _PRINTED_ESC.sub("\x1b", text))
 
 
 def _cut(text: str) -> str:
