@@ -131,7 +131,12 @@ def now_iso() -> str:
 
 
 def parse_iso8601(text: str) -> dt.datetime:
-    """Parse an RFC 3339 / ISO-8601 timestamp (``Z`` or offset, any fraction) on Python 3.9+."""
+    """Parse an RFC 3339 / ISO-8601 timestamp (``Z`` or offset, any fraction) on Python 3.9+.
+
+    Raises ``ValueError`` for text that is not one, ``TypeError`` for a value that is not text
+    (a server's ``"expires_at": 1700000000``)."""
+    if not isinstance(text, str):
+        raise TypeError(f"an ISO-8601 timestamp must be a string, not {type(text).__name__}")
     match = _ISO_8601.match(text.strip())
     if match is None:
         raise ValueError(f"not an ISO-8601 timestamp: {text!r}")

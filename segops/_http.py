@@ -83,9 +83,9 @@ class Reply:
         anything shaped like a key or a session token redacted: servers echo credentials."""
         data = self.json()
         if isinstance(data, dict) and "detail" in data:
-            text = str(data["detail"])
+            text = _plain(data["detail"])
         elif isinstance(data, dict) and data:
-            text = "; ".join(f"{k}: {v}" for k, v in data.items())
+            text = _plain(data)
         else:
             text = self.body.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
         # One line (an HTML page has many), cut after redaction: never half a key shown.
@@ -111,6 +111,25 @@ class Reply:
         """The answer's ``Date`` (the server's clock, to the second), or ``None``."""
         value = self.headers.get("date")
         return _http_date(value) if value else None
+
+
+def _plain(value: Any, depth: int = 0) -> str:
+    """A JSON error value as readable text: strings as they are, lists and objects spelled
+    out (``field: message, message; other: message``). Never a Python repr, which prints a
+    line break inside an echoed credential as ``\\n`` and so hides it from the redaction."""
+    if isinstance(value, str):
+        return value
+    if depth >= _PLAIN_DEPTH and isinstance(value, (list, dict)):
+        return "…"
+    if isinstance(value, list):
+        return ", ".join(_plain(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {_plain(item, depth + 1)}" for key, item in value.items())
+    return json.dumps(value)
+
+
+# Error bodies nest two or three levels; deeper is spelled "…" (and never recurses far).
+_PLAIN_DEPTH = 8
 
 
 def _http_date(value: str) -> Optional[float]:

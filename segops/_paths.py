@@ -124,6 +124,22 @@ _CONTROLS = re.compile(
 )
 # ESC as Python's repr() or JSON prints it ("\\x1b(B"): the same sequences, in text.
 _PRINTED_ESC = re.compile(r"\\(?:x1b|u001b)")
+# Any character as repr() or JSON prints it ("\\n", "\\x00", "\\u200b"): an echo of this
+# client's secret that went through a repr (a list in an error body, h11 quoting a header
+# line) has its line breaks and invisible characters printed this way.
+_PRINTED_CHARACTER = re.compile(
+    r"\\(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|([0abfnrtv]))"
+)
+_NAMED_ESCAPES = {
+    "0": "\0",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+}
 # What a server may have put between the characters of this client's own key or token (a
 # wrapped or decorated echo): controls and their sequences, line breaks, and characters a
 # terminal shows as nothing (format characters such as zero-width spaces and bidi marks,
@@ -206,13 +222,22 @@ def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
     rather than cut up: removing the characters would glue other credentials to the words
     before them, which the patterns then miss."""
     # What could reach the shown part (cut at REDACT_SCAN_LIMIT), with room for long gaps.
-    unprinted = _PRINTED_ESC.sub("\x1b", text[: REDACT_SCAN_LIMIT * 4])
+    unprinted = _PRINTED_CHARACTER.sub(_unprint, text[: REDACT_SCAN_LIMIT * 4])
     for invisible in _INVISIBLE:
         if invisible.search(unprinted):
             squeezed = invisible.sub("", unprinted)
             if any(secret in squeezed for secret in secrets):
                 return True
     return False
+
+
+def _unprint(match: re.Match[str]) -> str:
+    """The character a printed escape stands for (itself when it names none)."""
+    named = match.group(4)
+    if named:
+        return _NAMED_ESCAPES[named]
+    code = int(match.group(1) or match.group(2) or match.group(3), 16)
+    return chr(code) if code <= sys.maxunicode else match.group()
 
 
 def _blanked(text: str) -> str:

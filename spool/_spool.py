@@ -1099,8 +1099,10 @@ class Spool:
             conn = self._activate_if_needed()
             _refuse_nesting(conn, self._path, op)
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                # BEGIN inside the rollback's ``try``: an exception a signal handler raises
+                # just after it must not leave the transaction (and SQLite's writer lock) open.
                 try:
+                    conn.execute("BEGIN IMMEDIATE")
                     result = fn(conn)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -1124,11 +1126,12 @@ class Spool:
             try:
                 conn = self._reader()
                 _refuse_nesting(conn, self._path, op)
-                conn.execute("BEGIN")
                 try:
+                    conn.execute("BEGIN")  # inside the try: see _write
                     return fn(conn)
                 finally:
-                    conn.execute("COMMIT")
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, op) from exc
 

@@ -279,9 +279,10 @@ def _schema_change(conn: sqlite3.Connection, path: Path, timeout: float) -> Iter
 
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (one raised by a signal
+    handler just after BEGIN too: BEGIN is inside the ``try``)."""
     try:
+        conn.execute("BEGIN IMMEDIATE")
         yield
         conn.execute("COMMIT")
     except BaseException:

@@ -176,7 +176,7 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
     ("body", "shown"),
     [
         ({"detail": "bad key sk_live_0123456789abcdef"}, "bad key sk_live_…cdef"),
-        ({"auth": ["pk_test_abcdefghijkl12 revoked"]}, "auth: ['pk_test_…kl12 revoked']"),
+        ({"auth": ["pk_test_abcdefghijkl12 revoked"]}, "auth: pk_test_…kl12 revoked"),
         ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.abc_-123 expired", "token eyJ…-123 expired"),
         ({"detail": "short sk_a1b2c3d4"}, "short sk_…"),
         (
@@ -566,6 +566,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "sk_l \x1b]0;x\x07ive_4f9aQ2xZ7bN1mK3pL8vR",
         "sk_l\xa0ive_4f9aQ2xZ7bN1mK3pL8vR",
         "sk_l\x9d0;x\x9cive_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_liv\\ne_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_live_4f9a\\x00Q2xZ7bN1mK3pL8vR",
+        "sk_live_4f9a\\u200bQ2xZ7bN1mK3pL8vR",
+        "sk_live_4f9a\\t  Q2xZ7bN1mK3pL8vR",
     ],
     ids=[
         "nul",
@@ -585,6 +589,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "space-and-osc",
         "no-break-space",
         "c1-osc",
+        "printed-newline",
+        "printed-nul",
+        "printed-zero-width-space",
+        "printed-tab-and-spaces",
     ],
 )
 def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
@@ -595,6 +603,42 @@ def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
     shown = redact_secrets(f"echo: {echo} refused; {others}", KEY)
     assert shown == WITHHELD
     assert holds_secret(f"echo: {echo}", KEY)
+
+
+WRAPPED_ECHO = "could not verify the key you sent: sk_liv\ne_4f9aQ2xZ7bN1mK3pL8vR"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"detail": [WRAPPED_ECHO]},
+        {"detail": {"api_key": [WRAPPED_ECHO]}},
+        {"non_field_errors": [WRAPPED_ECHO]},
+    ],
+    ids=["list-detail", "object-detail", "field-errors"],
+)
+def test_a_wrapped_echo_inside_a_list_or_object_is_withheld(body: Any) -> None:
+    """A wrapped echo of the client's key inside a JSON list or object (DRF-style errors) is
+    withheld as it is in a plain string: no repr prints its line break as a visible escape."""
+    assert Reply(401, json.dumps(body).encode()).detail(KEY) == WITHHELD
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ({"detail": ["first problem", "second problem"]}, "first problem, second problem"),
+        (
+            {"email": ["is invalid", "is too long"], "name": "is missing"},
+            "email: is invalid, is too long; name: is missing",
+        ),
+        ({"detail": {"seq": [{"min": 0}], "ok": False}}, "seq: min: 0; ok: false"),
+        ({"detail": [[[[[[[[[["deep"]]]]]]]]]]}, "…"),
+    ],
+    ids=["list", "field-errors", "nested", "deep"],
+)
+def test_reply_detail_spells_out_lists_and_objects(body: Any, shown: str) -> None:
+    """Error lists and objects read as text, not as Python reprs."""
+    assert Reply(400, json.dumps(body).encode()).detail() == shown
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"detail":' * 50_000])
@@ -677,7 +721,11 @@ def test_session_eras_without_tokens_stay_few() -> None:
         {"token": "t"},
         {"expires_at": "2031-01-01T00:00:00Z"},
         {"token": "t", "expires_at": "tomorrow"},
+        {"token": "t", "expires_at": 1954000000},
+        {"token": "t", "expires_at": None},
+        ["t", "2031-01-01T00:00:00Z"],
     ],
+    ids=["no-expiry", "no-token", "bad-text", "epoch-number", "null", "a-list"],
 )
 def test_session_bad_answer_is_delivery_error(body: Any) -> None:
     """A mint answer without a usable token/expires_at is a DeliveryError."""

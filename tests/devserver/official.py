@@ -8,10 +8,12 @@ callers can skip with a clear reason. Stdlib only: the benchmark script reuses i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 OFFICIAL_VERSION = "0.2.2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +70,27 @@ def official_python(venv: Path = VENV_DIR) -> Path:
     """
     python = _venv_python(venv)
     if _installed_version(python) == OFFICIAL_VERSION:
+        return python
+    with _exclusive(venv.with_name(venv.name + ".lock")):
+        return _install(venv, python)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """One creator at a time: parallel test workers (pytest -n) would otherwise build the
+    venv together, one of them running a pip the other has not finished installing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no parallel runs to guard against there
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _install(venv: Path, python: Path) -> Path:
+    if _installed_version(python) == OFFICIAL_VERSION:  # made while we waited for the lock
         return python
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

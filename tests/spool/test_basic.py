@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -458,3 +460,50 @@ def test_reentrant_event_can_be_set_by_the_thread_holding_its_lock() -> None:
     assert event.wait(0)
     event.clear()
     assert not event.wait(0.01)
+
+
+class _Interrupt(BaseException):
+    """What a signal handler's exception (KeyboardInterrupt, SystemExit) looks like."""
+
+
+@contextlib.contextmanager
+def _interrupt_after_begin() -> Iterator[None]:
+    """Raise _Interrupt as the first SQLite statement that opens a transaction returns:
+    where a signal handler may run, between BEGIN and the ``try`` guarding it."""
+    armed = [True]
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        conn = getattr(arg, "__self__", None)
+        opened = isinstance(conn, sqlite3.Connection) and conn.in_transaction
+        if event == "c_return" and armed[0] and opened:
+            armed[0] = False
+            raise _Interrupt()
+
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+    assert not armed[0], "no transaction was opened"
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(lambda s: s.claim(10), id="claim"),
+        pytest.param(lambda s: s.append_many([b"x", b"y"]), id="append_many"),
+        pytest.param(lambda s: s.stats(), id="stats"),
+    ],
+)
+def test_an_interrupt_right_after_begin_leaves_no_transaction_open(
+    make_spool: Callable[..., Spool], operation: Callable[[Spool], object]
+) -> None:
+    """An exception raised just after BEGIN rolls back: later appends still commit."""
+    sp = make_spool()
+    sp.append(b"before")
+    with pytest.raises(_Interrupt), _interrupt_after_begin():
+        operation(sp)
+    sp.append(b"after")
+    assert sp.stats().pending == 2  # the read connection is not stuck in a transaction
+    other = make_spool()  # another connection sees only committed rows
+    assert [r.data for r in other.claim(10).records] == [b"before", b"after"]
