@@ -10,11 +10,11 @@ import platform
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import httpx
 
-from ._paths import holds_secret, normalize_url, redact_secrets
+from ._paths import REDACT_SCAN_LIMIT, holds_secret, normalize_url, redact_secrets
 from ._retry import Retryable
 from ._version import __version__
 
@@ -84,12 +84,15 @@ class Reply:
         data = self.json()
         if isinstance(data, dict) and "detail" in data:
             text = _plain(data["detail"])
-        elif isinstance(data, dict) and data:
+        elif data is not None and data != {}:  # field errors, a list, a bare string
             text = _plain(data)
         else:
-            text = self.body.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
+            text = self.body.decode("utf-8", "replace")
+        text = text.strip() or f"HTTP {self.status}"
         # One line (an HTML page has many), cut after redaction: never half a key shown.
-        return " ".join(redact_secrets(text, *secrets).split())[:500]
+        # A lone surrogate (JSON may carry one) becomes "?": the text is stored and logged.
+        shown = " ".join(redact_secrets(text, *secrets).split())[:500]
+        return shown.encode("utf-8", "replace").decode("utf-8")
 
     def retry_after(self) -> Optional[float]:
         """``Retry-After`` in seconds, from either delta-seconds or an HTTP date."""
@@ -113,23 +116,50 @@ class Reply:
         return _http_date(value) if value else None
 
 
-def _plain(value: Any, depth: int = 0) -> str:
-    """A JSON error value as readable text: strings as they are, lists and objects spelled
-    out (``field: message, message; other: message``). Never a Python repr, which prints a
-    line break inside an echoed credential as ``\\n`` and so hides it from the redaction."""
+def _plain(value: Any) -> str:
+    """A JSON error value as readable text, never a Python repr (which prints a line break
+    inside an echoed credential as ``\\n``, hiding it from the redaction). Strings as they
+    are; at the top, an object as ``field: message; other: message`` and a list as
+    ``message; message``; inside, ``[a, b]`` and ``{key: value}``. Only the first
+    _PLAIN_LIMIT characters are built: no more is ever scanned or shown."""
+    pieces: List[str] = []
+    size = 0
+    for piece in _plain_pieces(value, 0):
+        pieces.append(piece)
+        size += len(piece)
+        if size > _PLAIN_LIMIT:
+            break
+    return "".join(pieces)
+
+
+def _plain_pieces(value: Any, depth: int) -> Iterator[str]:
     if isinstance(value, str):
-        return value
-    if depth >= _PLAIN_DEPTH and isinstance(value, (list, dict)):
-        return "…"
-    if isinstance(value, list):
-        return ", ".join(_plain(item, depth + 1) for item in value)
-    if isinstance(value, dict):
-        return "; ".join(f"{key}: {_plain(item, depth + 1)}" for key, item in value.items())
-    return json.dumps(value)
+        yield value
+    elif not isinstance(value, (list, dict)):
+        yield json.dumps(value)
+    elif depth >= _PLAIN_DEPTH:
+        yield "…"
+    else:
+        inner = depth > 0
+        if inner:
+            yield "[" if isinstance(value, list) else "{"
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for index, (key, item) in enumerate(items):
+            if index:
+                yield ", " if inner else "; "
+            if key is not None:
+                yield f"{key}: "
+            yield from _plain_pieces(item, depth + 1)
+        if inner:
+            yield "]" if isinstance(value, list) else "}"
+        elif not value:
+            yield "[]" if isinstance(value, list) else "{}"
 
 
 # Error bodies nest two or three levels; deeper is spelled "…" (and never recurses far).
 _PLAIN_DEPTH = 8
+# Characters of server text built at most: the redaction looks at no more.
+_PLAIN_LIMIT = REDACT_SCAN_LIMIT * 4
 
 
 def _http_date(value: str) -> Optional[float]:

@@ -124,12 +124,14 @@ _CONTROLS = re.compile(
 )
 # ESC as Python's repr() or JSON prints it ("\\x1b(B"): the same sequences, in text.
 _PRINTED_ESC = re.compile(r"\\(?:x1b|u001b)")
-# Any character as repr() or JSON prints it ("\\n", "\\x00", "\\u200b"): an echo of this
-# client's secret that went through a repr (a list in an error body, h11 quoting a header
-# line) has its line breaks and invisible characters printed this way.
+# Any character as repr() or JSON prints it ("\\n", "\\x00", "\\u200b"), also with its
+# backslash doubled (a repr quoted in JSON text): an echo of this client's secret that went
+# through a repr (h11 quoting a header line) has its line breaks and invisible characters
+# printed this way. A run of backslashes is taken from its start only (linear).
 _PRINTED_CHARACTER = re.compile(
-    r"\\(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|([0abfnrtv]))"
+    r"(?<!\\)\\+(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|([0abfnrtv]))"
 )
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED_ESCAPES = {
     "0": "\0",
     "a": "\a",
@@ -223,6 +225,8 @@ def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
     before them, which the patterns then miss."""
     # What could reach the shown part (cut at REDACT_SCAN_LIMIT), with room for long gaps.
     unprinted = _PRINTED_CHARACTER.sub(_unprint, text[: REDACT_SCAN_LIMIT * 4])
+    if _SURROGATE.search(unprinted):  # JSON prints U+E0020 as the pair "\\udb40\\udc20"
+        unprinted = unprinted.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     for invisible in _INVISIBLE:
         if invisible.search(unprinted):
             squeezed = invisible.sub("", unprinted)

@@ -578,7 +578,13 @@ class Spool:
         """The live rows of a range this Spool has leased (nobody else deletes them)."""
         with self._read_lock:
             try:
-                return self._reader().execute(_RANGE, (first, last)).fetchall()
+                reader = self._reader()
+                if not reader.in_transaction:
+                    return reader.execute(_RANGE, (first, last)).fetchall()
+                # A signal handler claiming while this thread was inside a read: that read's
+                # snapshot predates the rows just leased. A connection of its own sees them.
+                with contextlib.closing(self._side_connection()) as fresh:
+                    return fresh.execute(_RANGE, (first, last)).fetchall()
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "claim") from exc
 
@@ -782,6 +788,9 @@ class Spool:
         ids = sorted({r.id for r in records})
         if not ids:
             return 0
+        # Stored as UTF-8: a lone surrogate (a server's JSON may carry one) becomes "?"
+        # rather than keep the rows from ever being set aside.
+        reason = reason.encode("utf-8", "replace").decode("utf-8")
         prefix = self._instance + "."
 
         def txn(conn: sqlite3.Connection) -> int:

@@ -193,6 +193,21 @@ def test_422_field_errors_reason_kept(
     assert errors.of(segops.EventRejected)[0].status == 422  # type: ignore[attr-defined]
 
 
+def test_a_refusal_holding_a_lone_surrogate_still_dead_letters(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog, spool_file: Path
+) -> None:
+    """A refusal whose JSON carries a lone surrogate dead-letters the event (shown as "?")
+    instead of failing to store the reason and sending the event again forever."""
+    server.script([(400, {"detail": ["bad \ud800 value"]})])
+    client = make_client(on_error=errors)
+    client.track(user_id="u", event_type="e")
+    client.flush(timeout=10)
+    with spool.Spool(spool_file) as s:
+        (dead,) = s.dead_letters()
+    assert "bad ? value" in dead.reason
+    assert "bad ? value" in str(errors.of(segops.EventRejected)[0])
+
+
 def test_413_splits_the_batch(server: DevServer, make_client: MakeClient) -> None:
     """A 413 answer splits the batch; both halves are delivered."""
     server.script([(413, {"detail": "Request Entity Too Large"})])

@@ -176,7 +176,7 @@ def test_delivery_wait_is_capped_at_timeout_max() -> None:
     ("body", "shown"),
     [
         ({"detail": "bad key sk_live_0123456789abcdef"}, "bad key sk_live_…cdef"),
-        ({"auth": ["pk_test_abcdefghijkl12 revoked"]}, "auth: pk_test_…kl12 revoked"),
+        ({"auth": ["pk_test_abcdefghijkl12 revoked"]}, "auth: [pk_test_…kl12 revoked]"),
         ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.abc_-123 expired", "token eyJ…-123 expired"),
         ({"detail": "short sk_a1b2c3d4"}, "short sk_…"),
         (
@@ -570,6 +570,8 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "sk_live_4f9a\\x00Q2xZ7bN1mK3pL8vR",
         "sk_live_4f9a\\u200bQ2xZ7bN1mK3pL8vR",
         "sk_live_4f9a\\t  Q2xZ7bN1mK3pL8vR",
+        "sk_liv\\udb40\\udc20e_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_liv\\\\ne_4f9aQ2xZ7bN1mK3pL8vR",
     ],
     ids=[
         "nul",
@@ -593,6 +595,8 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "printed-nul",
         "printed-zero-width-space",
         "printed-tab-and-spaces",
+        "printed-surrogate-pair",
+        "printed-twice",
     ],
 )
 def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
@@ -614,8 +618,10 @@ WRAPPED_ECHO = "could not verify the key you sent: sk_liv\ne_4f9aQ2xZ7bN1mK3pL8v
         {"detail": [WRAPPED_ECHO]},
         {"detail": {"api_key": [WRAPPED_ECHO]}},
         {"non_field_errors": [WRAPPED_ECHO]},
+        [WRAPPED_ECHO],
+        WRAPPED_ECHO,
     ],
-    ids=["list-detail", "object-detail", "field-errors"],
+    ids=["list-detail", "object-detail", "field-errors", "top-level-list", "bare-string"],
 )
 def test_a_wrapped_echo_inside_a_list_or_object_is_withheld(body: Any) -> None:
     """A wrapped echo of the client's key inside a JSON list or object (DRF-style errors) is
@@ -626,15 +632,35 @@ def test_a_wrapped_echo_inside_a_list_or_object_is_withheld(body: Any) -> None:
 @pytest.mark.parametrize(
     ("body", "shown"),
     [
-        ({"detail": ["first problem", "second problem"]}, "first problem, second problem"),
+        ({"detail": ["first problem", "second problem"]}, "first problem; second problem"),
         (
             {"email": ["is invalid", "is too long"], "name": "is missing"},
-            "email: is invalid, is too long; name: is missing",
+            "email: [is invalid, is too long]; name: is missing",
         ),
-        ({"detail": {"seq": [{"min": 0}], "ok": False}}, "seq: min: 0; ok: false"),
-        ({"detail": [[[[[[[[[["deep"]]]]]]]]]]}, "…"),
+        (
+            {"detail": [{"loc": ["body", "seq"], "msg": "required"}, {"msg": "bad"}]},
+            "{loc: [body, seq], msg: required}; {msg: bad}",
+        ),
+        ({"detail": {"seq": [{"min": 0}], "ok": False}}, "seq: [{min: 0}]; ok: false"),
+        ({"detail": [[[[[[[[[["deep"]]]]]]]]]]}, "[[[[[[[…]]]]]]]"),
+        (["top", "level"], "top; level"),
+        ("a bare string", "a bare string"),
+        ({"detail": []}, "[]"),
+        ({"detail": ""}, "HTTP 400"),
+        ({"detail": "bad \ud800 value"}, "bad ? value"),
     ],
-    ids=["list", "field-errors", "nested", "deep"],
+    ids=[
+        "list",
+        "field-errors",
+        "fastapi-422",
+        "nested",
+        "deep",
+        "top-level-list",
+        "bare-string",
+        "empty-list",
+        "empty-string",
+        "lone-surrogate",
+    ],
 )
 def test_reply_detail_spells_out_lists_and_objects(body: Any, shown: str) -> None:
     """Error lists and objects read as text, not as Python reprs."""

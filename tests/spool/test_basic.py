@@ -507,3 +507,39 @@ def test_an_interrupt_right_after_begin_leaves_no_transaction_open(
     assert sp.stats().pending == 2  # the read connection is not stuck in a transaction
     other = make_spool()  # another connection sees only committed rows
     assert [r.data for r in other.claim(10).records] == [b"before", b"after"]
+
+
+def test_a_claim_from_a_signal_handler_inside_a_read_returns_every_leased_record(
+    sp: Spool,
+) -> None:
+    """A claim made (by a signal handler) while this thread is inside a read transaction
+    returns every record it leased: the read's snapshot predates the newest ones, and
+    acking rows it did not return would lose them."""
+    sp.append(b"old")
+    claimed: list[Batch] = []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        # Once the read has fetched a row, its snapshot is taken (BEGIN alone takes none).
+        cursor = getattr(arg, "__self__", None)
+        reading = isinstance(cursor, sqlite3.Cursor) and cursor.connection.in_transaction
+        if event == "c_return" and reading and not claimed:
+            sp.append(b"new-1")
+            sp.append(b"new-2")
+            claimed.append(sp.claim(10))  # type: ignore[arg-type]
+
+    sys.setprofile(profile)
+    try:
+        sp.stats()  # its read transaction is the one interrupted
+    finally:
+        sys.setprofile(None)
+    (batch,) = claimed
+    assert [r.data for r in batch.records] == [b"old", b"new-1", b"new-2"]
+
+
+def test_a_dead_letter_reason_with_a_lone_surrogate_is_stored(sp: Spool) -> None:
+    """A reason that UTF-8 cannot carry is stored with "?" instead of failing the move."""
+    sp.append(b"poison")
+    batch = sp.claim(10)
+    assert batch is not None
+    assert sp.dead_letter(batch.records, "bad \ud800 value") == 1
+    assert [d.reason for d in sp.dead_letters()] == ["bad ? value"]
