@@ -81,7 +81,9 @@ class Reply:
     def detail(self, *secrets: Optional[str]) -> str:
         """The server's explanation (``{"detail": ...}`` or field errors), kept short, with
         anything shaped like a key or a session token redacted: servers echo credentials."""
-        data = self.json()
+        # A body too big to be an explanation is shown as text (cut): parsing megabytes of
+        # JSON to show 500 characters of it took most of a second.
+        data = self.json() if len(self.body) <= _DETAIL_JSON_LIMIT else None
         if isinstance(data, dict) and "detail" in data:
             text = _plain(data["detail"])
         elif data is not None and data != {}:  # field errors, a list, a bare string
@@ -156,6 +158,7 @@ def _plain_pieces(value: Any, depth: int) -> Iterator[str]:
             yield "[]" if isinstance(value, list) else "{}"
 
 
+_DETAIL_JSON_LIMIT = 256 * 1024
 # Error bodies nest two or three levels; deeper is spelled "…" (and never recurses far).
 _PLAIN_DEPTH = 8
 # Characters of server text built at most: the redaction looks at no more.

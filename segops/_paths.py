@@ -124,18 +124,25 @@ _CONTROLS = re.compile(
 )
 # ESC as Python's repr() or JSON prints it ("\\x1b(B"): the same sequences, in text.
 _PRINTED_ESC = re.compile(r"\\(?:x1b|u001b)")
-# Any character as repr() or JSON prints it ("\\n", "\\x00", "\\u200b"), also with its
-# backslash doubled (a repr quoted in JSON text): an echo of this client's secret that went
-# through a repr (h11 quoting a header line) has its line breaks and invisible characters
-# printed this way. A run of backslashes is taken from its start only (linear).
+# Any character as repr() or JSON prints it ("\\n", "\\x00", "\\u200b"; Rust's "\\u{200b}",
+# Ruby's "\\e"), also with its backslash doubled (a repr quoted in JSON text): an echo of
+# this client's secret that went through a repr (h11 quoting a header line) has its line
+# breaks and invisible characters printed this way. A run of backslashes is taken from its
+# start only (linear).
 _PRINTED_CHARACTER = re.compile(
-    r"(?<!\\)\\+(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|([0abfnrtv]))"
+    r"(?<!\\)\\+(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})"
+    r"|u\{([0-9A-Fa-f]{1,6})\}|([0abefnrtv]))"
 )
+# Printed bytes in a row ("b'...\\xe2\\x80\\x8b...'"): UTF-8 first, as a bytes repr prints an
+# invisible character as its encoding.
+_PRINTED_BYTES = re.compile(r"(?:(?<!\\)\\+x[0-9A-Fa-f]{2}){2,}")
+_PRINTED_BYTE = re.compile(r"x([0-9A-Fa-f]{2})")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED_ESCAPES = {
     "0": "\0",
     "a": "\a",
     "b": "\b",
+    "e": "\x1b",
     "f": "\f",
     "n": "\n",
     "r": "\r",
@@ -149,7 +156,7 @@ _NAMED_ESCAPES = {
 # the secret, in the rare text that needs it.
 _INVISIBLE_CHARACTERS = (
     r"[\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
-    r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
+    r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
     r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
 # OSC/DCS/APC strings (ESC ] ... BEL or ST, also the C1 forms): removed whole in every
@@ -224,9 +231,7 @@ def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
     rather than cut up: removing the characters would glue other credentials to the words
     before them, which the patterns then miss."""
     # What could reach the shown part (cut at REDACT_SCAN_LIMIT), with room for long gaps.
-    unprinted = _PRINTED_CHARACTER.sub(_unprint, text[: REDACT_SCAN_LIMIT * 4])
-    if _SURROGATE.search(unprinted):  # JSON prints U+E0020 as the pair "\\udb40\\udc20"
-        unprinted = unprinted.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    unprinted = _unprinted(text[: REDACT_SCAN_LIMIT * 4])
     for invisible in _INVISIBLE:
         if invisible.search(unprinted):
             squeezed = invisible.sub("", unprinted)
@@ -235,12 +240,27 @@ def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
     return False
 
 
+def _unprinted(text: str) -> str:
+    """``text`` with its printed escapes turned back into the characters they print."""
+    text = _PRINTED_BYTES.sub(_unprint_bytes, text)
+    text = _PRINTED_CHARACTER.sub(_unprint, text)
+    if _SURROGATE.search(text):  # JSON prints U+E0020 as the pair "\\udb40\\udc20"
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def _unprint_bytes(match: re.Match[str]) -> str:
+    """Printed bytes as UTF-8; those that are not stay printed, for _unprint (Latin-1)."""
+    data = bytes(int(h, 16) for h in _PRINTED_BYTE.findall(match.group()))
+    return data.decode("utf-8", "backslashreplace")
+
+
 def _unprint(match: re.Match[str]) -> str:
     """The character a printed escape stands for (itself when it names none)."""
-    named = match.group(4)
+    named = match.group(5)
     if named:
         return _NAMED_ESCAPES[named]
-    code = int(match.group(1) or match.group(2) or match.group(3), 16)
+    code = int(match.group(1) or match.group(2) or match.group(3) or match.group(4), 16)
     return chr(code) if code <= sys.maxunicode else match.group()
 
 

@@ -349,10 +349,12 @@ def _token_from(reply: Reply) -> Token:
         value = data["token"]
         expires = parse_iso8601(data["expires_at"]).timestamp()
     except (TypeError, KeyError, ValueError) as exc:
+        # Not chained: the cause quotes the server's value, which may echo the key.
         raise DeliveryError(
-            "session mint: the server's answer has no usable token/expires_at",
+            "session mint: the server's answer has no usable token/expires_at"
+            f" ({type(exc).__name__})",
             status=reply.status,
-        ) from exc
+        ) from None
     if not (isinstance(value, str) and value and header_safe(value)):
         # It could never go in a header: failing here sends nothing and mints again later,
         # where httpx would fail every request until expiry, quoting the token.

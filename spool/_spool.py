@@ -576,13 +576,15 @@ class Spool:
 
     def _read_range(self, first: int, last: int) -> list[Any]:
         """The live rows of a range this Spool has leased (nobody else deletes them)."""
+        # A signal handler claiming while this thread was inside a read (a transaction, or
+        # one SELECT of another claim): that read's snapshot predates the rows just leased,
+        # and the read connection would answer from it. A connection of its own sees them.
+        nested = held_here(self._read_lock)
         with self._read_lock:
             try:
                 reader = self._reader()
-                if not reader.in_transaction:
+                if not (nested or reader.in_transaction):
                     return reader.execute(_RANGE, (first, last)).fetchall()
-                # A signal handler claiming while this thread was inside a read: that read's
-                # snapshot predates the rows just leased. A connection of its own sees them.
                 with contextlib.closing(self._side_connection()) as fresh:
                     return fresh.execute(_RANGE, (first, last)).fetchall()
             except sqlite3.Error as exc:

@@ -24,3 +24,31 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Failure reports made safe for pytest-xdist, which sends them as UTF-8: a lone
+    surrogate in one (tests of server text that carries them) crashed the whole run."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        if _utf8_unsafe(text):
+            report.longrepr = _utf8_safe(text)
+    report.sections = [
+        (name, _utf8_safe(content)) if _utf8_unsafe(content) else (name, content)
+        for name, content in report.sections
+    ]
+
+
+def _utf8_unsafe(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _utf8_safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

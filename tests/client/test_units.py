@@ -572,6 +572,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "sk_live_4f9a\\t  Q2xZ7bN1mK3pL8vR",
         "sk_liv\\udb40\\udc20e_4f9aQ2xZ7bN1mK3pL8vR",
         "sk_liv\\\\ne_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_live_4f\\xe2\\x80\\x8b9aQ2xZ7bN1mK3pL8vR",
+        "sk_liv\\u{200b}e_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_liv\\e[0me_4f9aQ2xZ7bN1mK3pL8vR",
+        "sk_liv\u2800e_4f9aQ2xZ7bN1mK3pL8vR",
     ],
     ids=[
         "nul",
@@ -597,6 +601,10 @@ def test_a_key_behind_any_escape_sequence_is_redacted(text: str) -> None:
         "printed-tab-and-spaces",
         "printed-surrogate-pair",
         "printed-twice",
+        "printed-utf8-bytes",
+        "rust-escape",
+        "ruby-escape",
+        "braille-blank",
     ],
 )
 def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
@@ -665,6 +673,15 @@ def test_a_wrapped_echo_inside_a_list_or_object_is_withheld(body: Any) -> None:
 def test_reply_detail_spells_out_lists_and_objects(body: Any, shown: str) -> None:
     """Error lists and objects read as text, not as Python reprs."""
     assert Reply(400, json.dumps(body).encode()).detail() == shown
+
+
+def test_reply_detail_of_a_huge_json_body_is_quick() -> None:
+    """A JSON error body of megabytes is shown as cut text, not parsed whole first."""
+    body = json.dumps({"detail": [[[[]]]] * 300_000}).encode()
+    started = time.monotonic()
+    shown = Reply(400, body).detail()
+    assert time.monotonic() - started < 1.0  # parsing it first took 0.5-0.7 s
+    assert shown.startswith('{"detail": [[[[]]], [[[]]]') and len(shown) <= 500
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"detail":' * 50_000])
@@ -762,6 +779,20 @@ def test_session_bad_answer_is_delivery_error(body: Any) -> None:
     )
     with pytest.raises(segops.DeliveryError):
         session.current()
+
+
+def test_a_mint_answer_echoing_the_key_as_its_expiry_never_prints_it() -> None:
+    """The DeliveryError for an unusable expires_at chains no cause quoting the value (a
+    server echoing the key there would have it printed in the traceback)."""
+    key = "pk_live_4f9aQ2xZ7bN1mK3pL8vR"
+    session = Session(
+        api_key=key,
+        get_user=lambda: segops.UserContext(user_id="u"),
+        http=sender(lambda request: httpx.Response(200, json={"token": "t", "expires_at": key})),
+    )
+    with pytest.raises(segops.DeliveryError) as caught:
+        session.current()
+    assert key not in "".join(traceback.format_exception(caught.type, caught.value, caught.tb))
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -543,3 +543,30 @@ def test_a_dead_letter_reason_with_a_lone_surrogate_is_stored(sp: Spool) -> None
     assert batch is not None
     assert sp.dead_letter(batch.records, "bad \ud800 value") == 1
     assert [d.reason for d in sp.dead_letters()] == ["bad ? value"]
+
+
+def test_a_claim_from_a_signal_handler_inside_another_claims_read_returns_its_records(
+    sp: Spool,
+) -> None:
+    """A claim made (by a signal handler) while another claim's SELECT is still open on
+    this thread returns every record it leased, not only those that SELECT's snapshot saw."""
+    sp.append(b"a")
+    sp.append(b"b")
+    inner: list[Batch] = []
+
+    def profile(frame: Any, event: str, arg: object) -> None:
+        # Right after the outer claim's SELECT started: outside any transaction, yet open.
+        conn = getattr(arg, "__self__", None)
+        reading = frame.f_code.co_name == "_read_range" and isinstance(conn, sqlite3.Connection)
+        if event == "c_return" and reading and not inner:
+            sp.append(b"c")
+            inner.append(sp.claim(10))  # type: ignore[arg-type]
+
+    sys.setprofile(profile)
+    try:
+        outer = sp.claim(1)
+    finally:
+        sys.setprofile(None)
+    assert outer is not None and [r.data for r in outer.records] == [b"a"]
+    (batch,) = inner
+    assert [r.data for r in batch.records] == [b"b", b"c"]
