@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
@@ -20,6 +21,7 @@ import spool
 
 from ._cli_drain import (
     DrainResult,
+    EarlyProbe,
     LastError,
     Progress,
     SpoolStatus,
@@ -29,6 +31,7 @@ from ._cli_drain import (
     human_age,
     human_bytes,
     open_spool,
+    own_request_running,
     session_user,
     spool_status,
 )
@@ -796,15 +799,23 @@ def cmd_track(ns: argparse.Namespace) -> int:
         get_user=session_user(key, ns.user_id),
     )
     error: Optional[str] = None
+    reachability: Optional[EarlyProbe] = None
     try:
         dead_before = client.stats().dead_letters  # a refusal shows as a new dead letter
         tracked = client.track_many(events)
         try:
             if ns.timeout != 0:  # 0: spool only, no network at all
+                # Why a timeout happened is probed before it does, as replay does: probing
+                # after it kept the command up to 0.9 s past --timeout.
+                reachability = EarlyProbe(url, time.monotonic() + ns.timeout)
                 client.flush(timeout=ns.timeout)
         except (SegOpsError, spool.SpoolError) as exc:  # spooled already: durable, exit 0
-            error = seen.describe(exc, url, key)
+            error = seen.describe(
+                exc, url, key, own_request=own_request_running(), reachability=reachability
+            )
     finally:
+        if reachability is not None:
+            reachability.cancel()
         with contextlib.suppress(SegOpsError):
             client.shutdown(timeout=0.0)
     final = client.stats()  # the snapshot taken by shutdown()

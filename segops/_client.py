@@ -64,6 +64,8 @@ _INLINE_SENDS = 20
 #: A call bounded by a deadline may run this much past it before it is abandoned: the
 #: normal paths (retry budget, request timeouts) end it on their own just before.
 _OVERRUN_GRACE = 0.25
+# How long the exit flush waits past its flushes' deadline for their last step.
+_EXIT_OVERRUN = _OVERRUN_GRACE + 0.25
 #: Sends with a deadline (flush, shutdown, batch=False) that may run at once, per client;
 #: those abandoned at their deadline count until they end.
 _MAX_SENDS = 8
@@ -963,7 +965,9 @@ def _flush_at_exit() -> None:
     Every client flushes at once, on a thread of its own, within one shared deadline: a
     client whose server is down spends the budget on its own retries, not the others'.
     """
-    deadline = time.monotonic() + ATEXIT_TIMEOUT
+    # The flushes get what the wait for their last step (below) leaves of ATEXIT_TIMEOUT:
+    # the process is gone by then, as documented.
+    deadline = time.monotonic() + ATEXIT_TIMEOUT - _EXIT_OVERRUN
     _run_queued_releases()  # clients dropped just before exit: their last pass starts now
     flushes: List[threading.Thread] = []
     for client in list(_LIVE_CLIENTS):
@@ -981,7 +985,7 @@ def _flush_at_exit() -> None:
     # Each ends shortly after the deadline on its own (a request still going is left to
     # its worker, which ends with the process): the grace only covers that last step.
     # One end for all: a grace per client would add up.
-    end = deadline + _OVERRUN_GRACE + 0.25
+    end = deadline + _EXIT_OVERRUN
     try:
         for flush in flushes:
             flush.join(max(0.0, end - time.monotonic()))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Optional
 
@@ -124,19 +126,22 @@ _CONTROLS = re.compile(
 )
 # ESC as Python's repr() or JSON prints it ("\\x1b(B"): the same sequences, in text.
 _PRINTED_ESC = re.compile(r"\\(?:x1b|u001b)")
-# Any character as repr() or JSON prints it ("\\n", "\\x00", "\\u200b"; Rust's "\\u{200b}",
-# Ruby's "\\e"), also with its backslash doubled (a repr quoted in JSON text): an echo of
-# this client's secret that went through a repr (h11 quoting a header line) has its line
-# breaks and invisible characters printed this way. A run of backslashes is taken from its
-# start only (linear).
+# Any character as a program may print it: repr() and JSON ("\\n", "\\x00", "\\u200b"), C
+# and shells (octal "\\033"), Rust and Perl ("\\u{200b}", "\\x{200b}"), Ruby ("\\e"),
+# Python's "\\N{ZERO WIDTH SPACE}", R's "<U+200B>", URL encoding ("%E2%80%8B"), also with the
+# backslash doubled (a repr quoted in JSON text). An echo of this client's secret that went
+# through one of them has its line breaks and invisible characters printed so. A run of
+# backslashes is taken from its start only (linear).
 _PRINTED_CHARACTER = re.compile(
-    r"(?<!\\)\\+(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})"
-    r"|u\{([0-9A-Fa-f]{1,6})\}|([0abefnrtv]))"
+    r"(?<!\\)\\+(?:[xu]\{(?P<braced>[0-9A-Fa-f]{1,6})\}|x(?P<hex2>[0-9A-Fa-f]{2})"
+    r"|u(?P<hex4>[0-9A-Fa-f]{4})|U(?P<hex8>[0-9A-Fa-f]{8})|(?P<octal>[0-7]{3})"
+    r"|N\{(?P<name>[A-Za-z0-9 -]{1,80})\}|(?P<named>[0abefnrtv]))"
+    r"|%(?P<percent>[0-9A-Fa-f]{2})|<U\+(?P<unicode>[0-9A-Fa-f]{4,6})>"
 )
-# Printed bytes in a row ("b'...\\xe2\\x80\\x8b...'"): UTF-8 first, as a bytes repr prints an
-# invisible character as its encoding.
-_PRINTED_BYTES = re.compile(r"(?:(?<!\\)\\+x[0-9A-Fa-f]{2}){2,}")
-_PRINTED_BYTE = re.compile(r"x([0-9A-Fa-f]{2})")
+# Printed bytes in a row ("b'...\\xe2\\x80\\x8b...'", "\\342\\200\\213", "%E2%80%8B"): UTF-8
+# first, as a bytes repr prints an invisible character as its encoding.
+_PRINTED_BYTES = re.compile(r"(?:(?<!\\)\\+(?:x[0-9A-Fa-f]{2}|[0-7]{3})|%[0-9A-Fa-f]{2}){2,}")
+_PRINTED_BYTE = re.compile(r"x([0-9A-Fa-f]{2})|\\([0-7]{3})|%([0-9A-Fa-f]{2})")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED_ESCAPES = {
     "0": "\0",
@@ -157,6 +162,7 @@ _NAMED_ESCAPES = {
 _INVISIBLE_CHARACTERS = (
     r"[\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
     r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
+    r"\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd\U00013430-\U0001345f"
     r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
 # OSC/DCS/APC strings (ESC ] ... BEL or ST, also the C1 forms): removed whole in every
@@ -242,6 +248,8 @@ def _echoes_in_pieces(text: str, secrets: list[str]) -> bool:
 
 def _unprinted(text: str) -> str:
     """``text`` with its printed escapes turned back into the characters they print."""
+    if "&" in text:  # HTML: "&#8203;", "&ZeroWidthSpace;"
+        text = html.unescape(text)
     text = _PRINTED_BYTES.sub(_unprint_bytes, text)
     text = _PRINTED_CHARACTER.sub(_unprint, text)
     if _SURROGATE.search(text):  # JSON prints U+E0020 as the pair "\\udb40\\udc20"
@@ -251,16 +259,25 @@ def _unprinted(text: str) -> str:
 
 def _unprint_bytes(match: re.Match[str]) -> str:
     """Printed bytes as UTF-8; those that are not stay printed, for _unprint (Latin-1)."""
-    data = bytes(int(h, 16) for h in _PRINTED_BYTE.findall(match.group()))
+    data = bytes(
+        int(hexa, 16) if hexa else int(octal, 8) if octal else int(percent, 16)
+        for hexa, octal, percent in _PRINTED_BYTE.findall(match.group())
+    )
     return data.decode("utf-8", "backslashreplace")
 
 
 def _unprint(match: re.Match[str]) -> str:
     """The character a printed escape stands for (itself when it names none)."""
-    named = match.group(5)
-    if named:
-        return _NAMED_ESCAPES[named]
-    code = int(match.group(1) or match.group(2) or match.group(3) or match.group(4), 16)
+    kind = match.lastgroup or ""
+    value = match.group(kind)
+    if kind == "named":
+        return _NAMED_ESCAPES[value]
+    if kind == "name":
+        try:
+            return unicodedata.lookup(value)
+        except KeyError:
+            return match.group()
+    code = int(value, 8 if kind == "octal" else 16)
     return chr(code) if code <= sys.maxunicode else match.group()
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,28 +28,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """Failure reports made safe for pytest-xdist, which sends them as UTF-8: a lone
-    surrogate in one (tests of server text that carries them) crashed the whole run."""
+def pytest_report_to_serializable(report: Any) -> Iterator[None]:
+    """Reports made safe for pytest-xdist, which sends them as UTF-8: a lone surrogate in
+    one (tests of server text that carries them: a failure, a skip or xfail reason, a log)
+    crashed the whole run. Only the copy sent between processes changes."""
     outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.longrepr is not None:
-        text = str(report.longrepr)
-        if _utf8_unsafe(text):
-            report.longrepr = _utf8_safe(text)
-    report.sections = [
-        (name, _utf8_safe(content)) if _utf8_unsafe(content) else (name, content)
-        for name, content in report.sections
-    ]
+    outcome.force_result(_utf8_safe(outcome.get_result()))  # type: ignore[attr-defined]
 
 
-def _utf8_unsafe(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _utf8_safe(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+def _utf8_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_utf8_safe(v) for v in value)
+    return value

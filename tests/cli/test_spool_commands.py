@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -238,6 +239,22 @@ def test_replay_timeout_keeps_its_documented_bound(
     summary = result.json()
     assert summary["seconds"] <= 1.5, summary
     assert "unreachable" in summary["error"] and summary["left"] == 1
+
+
+def test_track_timeout_keeps_its_bound(
+    spool_file: Path, mute_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Against a mute server, track --timeout T ends (diagnosis included) by T + 0.5 s."""
+    from segops._cli import main
+
+    monkeypatch.setenv("SEGOPS_API_URL", mute_url)
+    monkeypatch.setenv("SEGOPS_API_KEY", SECRET)
+    args = ["track", "--spool", str(spool_file), "--user-id", "u", "--event-type", "e"]
+    started = time.monotonic()
+    code = main([*args, "--timeout", "1"])
+    elapsed = time.monotonic() - started
+    assert code == 0 and elapsed <= 1.5, elapsed  # probing after the timeout took 1.9 s
+    assert "unreachable" in capsys.readouterr().err
 
 
 def test_replay_races_a_live_client(cli: Runner, server: DevServer, spool_file: Path) -> None:
