@@ -65,7 +65,7 @@ _INLINE_SENDS = 20
 #: normal paths (retry budget, request timeouts) end it on their own just before.
 _OVERRUN_GRACE = 0.25
 # How long the exit flush waits past its flushes' deadline for their last step.
-_EXIT_OVERRUN = _OVERRUN_GRACE + 0.25
+_EXIT_OVERRUN = _OVERRUN_GRACE
 #: Sends with a deadline (flush, shutdown, batch=False) that may run at once, per client;
 #: those abandoned at their deadline count until they end.
 _MAX_SENDS = 8
@@ -995,8 +995,8 @@ def _flush_at_exit() -> None:
     if any(flush.is_alive() for flush in flushes):
         # Their daemon threads end with the process; what they did not send stays spooled.
         logger.warning("segops: exit flush budget spent; undelivered events stay spooled")
-    for flusher in list(_RETIRING):
-        flusher.join(deadline - time.monotonic())
+    for flusher in list(_RETIRING):  # a dropped client's last pass has no deadline of its own
+        flusher.join(end - time.monotonic())
 
 
 if hasattr(os, "register_at_fork"):

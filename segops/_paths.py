@@ -140,8 +140,8 @@ _PRINTED_CHARACTER = re.compile(
 )
 # Printed bytes in a row ("b'...\\xe2\\x80\\x8b...'", "\\342\\200\\213", "%E2%80%8B"): UTF-8
 # first, as a bytes repr prints an invisible character as its encoding.
-_PRINTED_BYTES = re.compile(r"(?:(?<!\\)\\+(?:x[0-9A-Fa-f]{2}|[0-7]{3})|%[0-9A-Fa-f]{2}){2,}")
-_PRINTED_BYTE = re.compile(r"x([0-9A-Fa-f]{2})|\\([0-7]{3})|%([0-9A-Fa-f]{2})")
+_PRINTED_BYTES = re.compile(r"(?:(?<!\\)\\+(?:x[0-9A-Fa-f]{2}|[0-3][0-7]{2})|%[0-9A-Fa-f]{2}){2,}")
+_PRINTED_BYTE = re.compile(r"x([0-9A-Fa-f]{2})|\\([0-3][0-7]{2})|%([0-9A-Fa-f]{2})")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED_ESCAPES = {
     "0": "\0",

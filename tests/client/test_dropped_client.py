@@ -121,10 +121,13 @@ ONE_LINER = """\
 """
 
 
+@pytest.mark.parametrize("latency_ms", [0, 1500], ids=["fast-server", "slow-server"])
 def test_script_dropping_clients_delivers_before_exit(
-    server: DevServer, tmp_path: Path, spool_file: Path
+    server: DevServer, tmp_path: Path, spool_file: Path, latency_ms: int
 ) -> None:
-    """Events of clients dropped at once are sent by the exit flush, like a forgotten client's."""
+    """Events of clients dropped at once are sent by the exit flush, like a forgotten client's,
+    within its 2 s also when the server takes well over a second to answer."""
+    server.latency_ms = latency_ms
     script = write_script(tmp_path, "one_liner.py", ONE_LINER.format(key=SK))
     done = run_script(script, server.url, str(spool_file))
     assert done.returncode == 0, done.stderr

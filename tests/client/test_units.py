@@ -635,6 +635,12 @@ def test_text_echoing_this_clients_key_in_pieces_is_withheld(echo: str) -> None:
     assert holds_secret(f"echo: {echo}", KEY)
 
 
+def test_printed_escapes_that_are_no_bytes_stay_as_they_are() -> None:
+    """Octal escapes above \\377 (a Windows path) are no bytes: shown as they are, no error."""
+    text = 'bad value at C:\\400\\401 and "\\777\\777"'
+    assert redact_secrets(text, KEY) == text
+
+
 WRAPPED_ECHO = "could not verify the key you sent: sk_liv\ne_4f9aQ2xZ7bN1mK3pL8vR"
 
 
