@@ -641,6 +641,19 @@ def test_printed_escapes_that_are_no_bytes_stay_as_they_are() -> None:
     assert redact_secrets(text, KEY) == text
 
 
+def test_text_that_the_echo_search_cannot_read_is_withheld(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should reading printed escapes fail on some text, the text is withheld: redaction
+    never raises where a refusal is stored or an error shown."""
+
+    def broken(text: str) -> str:
+        raise ValueError("bytes must be in range(0, 256)")
+
+    monkeypatch.setattr(segops._paths, "_unprinted", broken)
+    assert redact_secrets("some server text", KEY) == WITHHELD
+
+
 WRAPPED_ECHO = "could not verify the key you sent: sk_liv\ne_4f9aQ2xZ7bN1mK3pL8vR"
 
 
