@@ -64,8 +64,9 @@ _INLINE_SENDS = 20
 #: A call bounded by a deadline may run this much past it before it is abandoned: the
 #: normal paths (retry budget, request timeouts) end it on their own just before.
 _OVERRUN_GRACE = 0.25
-# How long the exit flush waits past its flushes' deadline for their last step.
-_EXIT_OVERRUN = _OVERRUN_GRACE
+# How long the exit flush waits past its flushes' deadline for their last step: more than
+# the grace, so that one overrunning by the grace still logs what it left behind.
+_EXIT_OVERRUN = _OVERRUN_GRACE + 0.25
 #: Sends with a deadline (flush, shutdown, batch=False) that may run at once, per client;
 #: those abandoned at their deadline count until they end.
 _MAX_SENDS = 8
