@@ -401,7 +401,14 @@ class Spool:
             cur = self._cursor
             if cur is None:
                 cur = self._activate()
-            if self._room_low or self._bytes >= self._room_check_at:
+            # In a transaction already: a signal handler appending while this thread was
+            # inside another spool operation. Refused by _write (the INSERT would join that
+            # transaction and be rolled back with it, though append() had returned).
+            if (
+                self._room_low
+                or self._bytes >= self._room_check_at
+                or cur.connection.in_transaction
+            ):
                 rowid = self._append_checking_room(data)
             else:
                 self._reserve(len(data))

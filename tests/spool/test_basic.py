@@ -570,3 +570,33 @@ def test_a_claim_from_a_signal_handler_inside_another_claims_read_returns_its_re
     assert outer is not None and [r.data for r in outer.records] == [b"a"]
     (batch,) = inner
     assert [r.data for r in batch.records] == [b"b", b"c"]
+
+
+def test_an_append_from_a_signal_handler_inside_a_write_is_refused(sp: Spool) -> None:
+    """An append made (by a signal handler) while this thread is inside another operation's
+    write transaction raises instead of joining that transaction: rolled back with it (the
+    handler exits, say), the record would be gone though append() had returned its id."""
+    sp.append(b"old")
+    refused: list[BaseException] = []
+
+    def handler(frame: Any, event: str, arg: object) -> None:
+        conn = getattr(arg, "__self__", None)
+        writing = isinstance(conn, sqlite3.Connection) and conn.in_transaction
+        if event == "c_return" and writing and not refused:
+            try:
+                sp.append(b"from-handler")
+            except SpoolError as exc:
+                refused.append(exc)
+            else:
+                refused.append(AssertionError("append() returned inside a transaction"))
+            raise _Interrupt()  # as a SIGTERM handler's sys.exit() would
+
+    sys.setprofile(handler)
+    try:
+        with pytest.raises(_Interrupt):
+            sp.claim(10)
+    finally:
+        sys.setprofile(None)
+    (exc,) = refused
+    assert isinstance(exc, SpoolError) and "inside another spool operation" in str(exc)
+    assert [r.data for r in sp.claim(10).records] == [b"old"]  # type: ignore[union-attr]
