@@ -401,14 +401,14 @@ class Spool:
             cur = self._cursor
             if cur is None:
                 cur = self._activate()
-            # In a transaction already: a signal handler appending while this thread was
-            # inside another spool operation. Refused by _write (the INSERT would join that
-            # transaction and be rolled back with it, though append() had returned).
-            if (
-                self._room_low
-                or self._bytes >= self._room_check_at
-                or cur.connection.in_transaction
-            ):
+            try:
+                # In a transaction already: a signal handler appending while this thread was
+                # inside another spool operation. Refused by _write (the INSERT would join
+                # that transaction and be rolled back with it, though append() had returned).
+                nested = cur.connection.in_transaction
+            except sqlite3.Error as exc:  # closed under this call (by a signal handler)
+                raise _storage.translate(exc, self._path, "append") from exc
+            if self._room_low or self._bytes >= self._room_check_at or nested:
                 rowid = self._append_checking_room(data)
             else:
                 self._reserve(len(data))
@@ -1103,8 +1103,15 @@ class Spool:
                 daemon=True,
             )
             self._thread.start()
-        self._cursor = self._conn.cursor()
-        return self._cursor
+        # A signal handler may have closed the spool meanwhile (while start() waited).
+        conn = self._conn
+        if self._closed or conn is None:
+            raise SpoolError(f"spool {self._path} is closed")
+        cursor = conn.cursor()
+        if self._closed:  # closed right after: keep no cursor on a closed connection
+            raise SpoolError(f"spool {self._path} is closed")
+        self._cursor = cursor
+        return cursor
 
     def _activate_if_needed(self) -> sqlite3.Connection:
         if self._cursor is None:

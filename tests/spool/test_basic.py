@@ -600,3 +600,34 @@ def test_an_append_from_a_signal_handler_inside_a_write_is_refused(sp: Spool) ->
     (exc,) = refused
     assert isinstance(exc, SpoolError) and "inside another spool operation" in str(exc)
     assert [r.data for r in sp.claim(10).records] == [b"old"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("moment", ["thread-started", "cursor-made"])
+def test_a_close_from_a_signal_handler_during_the_first_append_raises_spool_error(
+    make_spool: Callable[..., Spool], moment: str
+) -> None:
+    """A spool closed (by a signal handler's shutdown) while the first append opens it makes
+    that append and later ones raise SpoolError, never a raw sqlite3 or attribute error."""
+    sp = make_spool()
+    fired: list[bool] = []
+
+    def handler(frame: Any, event: str, arg: object) -> None:
+        inside = frame.f_back is not None and frame.f_back.f_code.co_name == "_activate"
+        if moment == "thread-started":
+            hit = event == "return" and frame.f_code.co_name == "start" and inside
+        else:
+            hit = event == "c_return" and getattr(arg, "__name__", "") == "cursor"
+            hit = hit and frame.f_code.co_name == "_activate"
+        if hit and not fired:
+            fired.append(True)
+            sp.close()
+
+    sys.setprofile(handler)
+    try:
+        with pytest.raises(SpoolError, match="closed"):
+            sp.append(b"x")
+    finally:
+        sys.setprofile(None)
+    assert fired
+    with pytest.raises(SpoolError, match="closed"):
+        sp.append(b"y")
