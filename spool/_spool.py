@@ -1084,16 +1084,26 @@ class Spool:
     # ------------------------------------------------------------------ internals
 
     def _activate(self) -> sqlite3.Cursor:
-        """Make the writer usable in this process (caller holds ``self._lock``)."""
-        if self._closed:
-            raise SpoolError(f"spool {self._path} is closed")
-        if self._conn is None:  # first use after fork(): never touch the parent's handle
+        """Make the writer usable in this process (caller holds ``self._lock``).
+
+        A signal handler may close the spool, or reset its connections (a fork, or
+        ``close_connections()``), while this runs: every step checks that the connection it
+        made or found is still the spool's, so no cursor on a closed connection is kept and
+        no connection is opened on a closed spool."""
+        self._refuse_if_closed()
+        conn = self._conn
+        if conn is None:  # first use after fork(): never touch the parent's handle
             try:
-                self._conn = _storage.connect(
+                conn = _storage.connect(
                     self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
                 )
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "reopen") from exc
+            if self._closed or self._conn is not None:
+                conn.close()
+                self._refuse_if_closed()
+                raise self._reset_meanwhile()
+            self._conn = conn
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(
@@ -1103,18 +1113,29 @@ class Spool:
                 daemon=True,
             )
             self._thread.start()
-        # A signal handler may have closed the spool meanwhile (while start() waited).
-        conn = self._conn
-        if self._closed or conn is None:
-            raise SpoolError(f"spool {self._path} is closed")
-        cursor = conn.cursor()
-        if self._closed:  # closed right after: keep no cursor on a closed connection
-            raise SpoolError(f"spool {self._path} is closed")
+        try:
+            cursor = conn.cursor()
+        except sqlite3.Error as exc:  # closed by a handler while start() waited
+            self._refuse_if_closed()
+            raise self._reset_meanwhile() from exc
+        if self._closed or self._conn is not conn:  # while start() waited, or just now
+            self._refuse_if_closed()
+            raise self._reset_meanwhile()
         self._cursor = cursor
         return cursor
 
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise SpoolError(f"spool {self._path} is closed")
+
+    def _reset_meanwhile(self) -> SpoolError:
+        return SpoolError(
+            f"spool {self._path}: its connections were reset during this call (a fork or"
+            " close_connections() in a signal handler); try again"
+        )
+
     def _activate_if_needed(self) -> sqlite3.Connection:
-        if self._cursor is None:
+        if self._cursor is None or self._conn is None:
             self._activate()
         return cast(sqlite3.Connection, self._conn)
 

@@ -631,3 +631,26 @@ def test_a_close_from_a_signal_handler_during_the_first_append_raises_spool_erro
     assert fired
     with pytest.raises(SpoolError, match="closed"):
         sp.append(b"y")
+
+
+def test_connections_reset_by_a_signal_handler_during_the_first_append(sp: Spool) -> None:
+    """Connections reset (a handler's fork or close_connections()) while the first append
+    opens them: that append raises SpoolError and keeps no cursor on a closed connection,
+    and the next append works."""
+    fired: list[bool] = []
+
+    def handler(frame: Any, event: str, arg: object) -> None:
+        made = event == "c_return" and getattr(arg, "__name__", "") == "cursor"
+        if made and frame.f_code.co_name == "_activate" and not fired:
+            fired.append(True)
+            sp.close_connections()
+
+    sys.setprofile(handler)
+    try:
+        with pytest.raises(SpoolError, match="reset"):
+            sp.append(b"x")
+    finally:
+        sys.setprofile(None)
+    assert fired
+    assert sp.append(b"y") > 0
+    assert [r.data for r in sp.claim(10).records] == [b"y"]  # type: ignore[union-attr]
