@@ -607,8 +607,7 @@ class Spool:
     def _side_connection(self) -> sqlite3.Connection:
         """A new connection beside the writer (the reader's, the checkpointer's); refused
         once the spool is closed."""
-        if self._closed:
-            raise SpoolError(f"spool {self._path} is closed")
+        self._refuse_if_closed()
         return _storage.connect(self._path, busy_timeout=self._busy_timeout, synchronous=self._sync)
 
     def _reclaim(
@@ -1145,16 +1144,8 @@ class Spool:
             conn = self._activate_if_needed()
             _refuse_nesting(conn, self._path, op)
             try:
-                # BEGIN inside the rollback's ``try``: an exception a signal handler raises
-                # just after it must not leave the transaction (and SQLite's writer lock) open.
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
+                with _storage.transaction(conn):
                     result = fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, op) from exc
             return result
@@ -1167,13 +1158,12 @@ class Spool:
         """
         self._restart_if_wanted()
         with self._read_lock:
-            if self._closed:
-                raise SpoolError(f"spool {self._path} is closed")
+            self._refuse_if_closed()
             try:
                 conn = self._reader()
                 _refuse_nesting(conn, self._path, op)
                 try:
-                    conn.execute("BEGIN")  # inside the try: see _write
+                    conn.execute("BEGIN")  # inside the try: see _storage.transaction
                     return fn(conn)
                 finally:
                     if conn.in_transaction:

@@ -273,12 +273,12 @@ def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
 @contextlib.contextmanager
 def _schema_change(conn: sqlite3.Connection, path: Path, timeout: float) -> Iterator[None]:
     """One write transaction under the coarse file lock: committed, or rolled back."""
-    with coarse_lock(path, timeout), _transaction(conn):
+    with coarse_lock(path, timeout), transaction(conn):
         yield
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (one raised by a signal
     handler just after BEGIN too: BEGIN is inside the ``try``)."""
     try:
@@ -601,14 +601,14 @@ def _start_fresh(path: Path, moved: Path, busy_timeout: float, synchronous: str)
         try:
             # Committed apart from the copy, so a failed copy still leaves a usable spool
             # (openers waiting for our lock must not have to create the schema under it).
-            with _transaction(conn):
+            with transaction(conn):
                 _migrate(conn, path)
         except sqlite3.Error as exc:
             raise translate(exc, path, "open after recovery") from exc
         if header_problem(moved) is not None:
             return  # not even SQLite's: nothing to read (and SQLite must not touch its -wal)
         try:
-            with _transaction(conn):
+            with transaction(conn):
                 summary = salvage(moved, conn)
         except sqlite3.Error as exc:
             log.warning("spool %s: nothing could be salvaged from %s: %s", path, moved, exc)

@@ -179,33 +179,36 @@ def test_two_poison_events_and_order_of_the_rest(
     assert len(errors.of(segops.EventRejected)) == 2
 
 
-def test_422_field_errors_reason_kept(
-    server: DevServer, make_client: MakeClient, errors: ErrorLog, spool_file: Path
+@pytest.mark.parametrize(
+    ("status", "body", "shown"),
+    [
+        (422, {"event_type": ["Unknown event type."]}, "Unknown event type."),
+        # Not "failing to store the reason and sending the event again forever".
+        (400, {"detail": ["bad \ud800 value"]}, "bad ? value"),
+    ],
+    ids=["422-field-errors", "lone-surrogate"],
+)
+def test_a_single_refused_event_is_dead_lettered_with_the_reason(
+    server: DevServer,
+    make_client: MakeClient,
+    errors: ErrorLog,
+    spool_file: Path,
+    status: int,
+    body: object,
+    shown: str,
 ) -> None:
-    """A single event refused with 422 {field: [msg]} is dead-lettered with that reason."""
-    server.script([(422, {"event_type": ["Unknown event type."]})])
+    """A single event refused (422 {field: [msg]}, or a reason carrying a lone surrogate,
+    shown as "?") is dead-lettered with that reason, which the report shows too."""
+    server.script([(status, body)])
     client = make_client(on_error=errors)
     client.track(user_id="u", event_type="bogus")
     client.flush(timeout=10)
     with spool.Spool(spool_file) as s:
         (dead,) = s.dead_letters()
-    assert "Unknown event type." in dead.reason
-    assert errors.of(segops.EventRejected)[0].status == 422  # type: ignore[attr-defined]
-
-
-def test_a_refusal_holding_a_lone_surrogate_still_dead_letters(
-    server: DevServer, make_client: MakeClient, errors: ErrorLog, spool_file: Path
-) -> None:
-    """A refusal whose JSON carries a lone surrogate dead-letters the event (shown as "?")
-    instead of failing to store the reason and sending the event again forever."""
-    server.script([(400, {"detail": ["bad \ud800 value"]})])
-    client = make_client(on_error=errors)
-    client.track(user_id="u", event_type="e")
-    client.flush(timeout=10)
-    with spool.Spool(spool_file) as s:
-        (dead,) = s.dead_letters()
-    assert "bad ? value" in dead.reason
-    assert "bad ? value" in str(errors.of(segops.EventRejected)[0])
+    assert shown in dead.reason
+    rejected = errors.of(segops.EventRejected)[0]
+    assert rejected.status == status  # type: ignore[attr-defined]
+    assert shown in str(rejected)
 
 
 def test_413_splits_the_batch(server: DevServer, make_client: MakeClient) -> None:

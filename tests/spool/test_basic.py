@@ -466,25 +466,63 @@ class _Interrupt(BaseException):
     """What a signal handler's exception (KeyboardInterrupt, SystemExit) looks like."""
 
 
-@contextlib.contextmanager
-def _interrupt_after_begin() -> Iterator[None]:
-    """Raise _Interrupt as the first SQLite statement that opens a transaction returns:
-    where a signal handler may run, between BEGIN and the ``try`` guarding it."""
-    armed = [True]
+Moment = Callable[[Any, str, Any], bool]
 
-    def profile(frame: object, event: str, arg: object) -> None:
-        conn = getattr(arg, "__self__", None)
-        opened = isinstance(conn, sqlite3.Connection) and conn.in_transaction
-        if event == "c_return" and armed[0] and opened:
-            armed[0] = False
-            raise _Interrupt()
+
+@contextlib.contextmanager
+def _handler_at(moment: Moment, action: Callable[[], object]) -> Iterator[list[bool]]:
+    """Run ``action`` once, on this thread, at the first profiled event where ``moment``
+    holds: where Python would run a signal handler. Yields a list that is non-empty once
+    it ran (an exception ``action`` raises goes to the interrupted code)."""
+    fired: list[bool] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if not fired and moment(frame, event, arg):
+            fired.append(True)
+            action()
 
     sys.setprofile(profile)
     try:
-        yield
+        yield fired
     finally:
         sys.setprofile(None)
-    assert not armed[0], "no transaction was opened"
+
+
+def _in_transaction(frame: Any, event: str, arg: Any) -> bool:
+    """A call returned on a connection inside a transaction (just after BEGIN, first)."""
+    conn = getattr(arg, "__self__", None)
+    return event == "c_return" and isinstance(conn, sqlite3.Connection) and conn.in_transaction
+
+
+def _reading(frame: Any, event: str, arg: Any) -> bool:
+    """A cursor call returned inside a read transaction: its snapshot is taken (BEGIN alone
+    takes none)."""
+    cursor = getattr(arg, "__self__", None)
+    inside = isinstance(cursor, sqlite3.Cursor) and cursor.connection.in_transaction
+    return event == "c_return" and inside
+
+
+def _claim_selecting(frame: Any, event: str, arg: Any) -> bool:
+    """Right after a claim's SELECT started: outside any transaction, yet open."""
+    conn = getattr(arg, "__self__", None)
+    selecting = frame.f_code.co_name == "_read_range" and isinstance(conn, sqlite3.Connection)
+    return event == "c_return" and selecting
+
+
+def _cursor_made(frame: Any, event: str, arg: Any) -> bool:
+    """The first append's _activate() has just made the writer's cursor."""
+    made = event == "c_return" and getattr(arg, "__name__", "") == "cursor"
+    return made and frame.f_code.co_name == "_activate"
+
+
+def _thread_started(frame: Any, event: str, arg: Any) -> bool:
+    """The first append's _activate() has just started the checkpoint thread."""
+    inside = frame.f_back is not None and frame.f_back.f_code.co_name == "_activate"
+    return event == "return" and frame.f_code.co_name == "start" and inside
+
+
+def _interrupt() -> None:
+    raise _Interrupt()
 
 
 @pytest.mark.parametrize(
@@ -501,8 +539,9 @@ def test_an_interrupt_right_after_begin_leaves_no_transaction_open(
     """An exception raised just after BEGIN rolls back: later appends still commit."""
     sp = make_spool()
     sp.append(b"before")
-    with pytest.raises(_Interrupt), _interrupt_after_begin():
+    with pytest.raises(_Interrupt), _handler_at(_in_transaction, _interrupt) as fired:
         operation(sp)
+    assert fired, "no transaction was opened"
     sp.append(b"after")
     assert sp.stats().pending == 2  # the read connection is not stuck in a transaction
     other = make_spool()  # another connection sees only committed rows
@@ -518,20 +557,13 @@ def test_a_claim_from_a_signal_handler_inside_a_read_returns_every_leased_record
     sp.append(b"old")
     claimed: list[Batch] = []
 
-    def profile(frame: object, event: str, arg: object) -> None:
-        # Once the read has fetched a row, its snapshot is taken (BEGIN alone takes none).
-        cursor = getattr(arg, "__self__", None)
-        reading = isinstance(cursor, sqlite3.Cursor) and cursor.connection.in_transaction
-        if event == "c_return" and reading and not claimed:
-            sp.append(b"new-1")
-            sp.append(b"new-2")
-            claimed.append(sp.claim(10))  # type: ignore[arg-type]
+    def handler() -> None:
+        sp.append(b"new-1")
+        sp.append(b"new-2")
+        claimed.append(sp.claim(10))  # type: ignore[arg-type]
 
-    sys.setprofile(profile)
-    try:
+    with _handler_at(_reading, handler):
         sp.stats()  # its read transaction is the one interrupted
-    finally:
-        sys.setprofile(None)
     (batch,) = claimed
     assert [r.data for r in batch.records] == [b"old", b"new-1", b"new-2"]
 
@@ -554,19 +586,12 @@ def test_a_claim_from_a_signal_handler_inside_another_claims_read_returns_its_re
     sp.append(b"b")
     inner: list[Batch] = []
 
-    def profile(frame: Any, event: str, arg: object) -> None:
-        # Right after the outer claim's SELECT started: outside any transaction, yet open.
-        conn = getattr(arg, "__self__", None)
-        reading = frame.f_code.co_name == "_read_range" and isinstance(conn, sqlite3.Connection)
-        if event == "c_return" and reading and not inner:
-            sp.append(b"c")
-            inner.append(sp.claim(10))  # type: ignore[arg-type]
+    def handler() -> None:
+        sp.append(b"c")
+        inner.append(sp.claim(10))  # type: ignore[arg-type]
 
-    sys.setprofile(profile)
-    try:
+    with _handler_at(_claim_selecting, handler):
         outer = sp.claim(1)
-    finally:
-        sys.setprofile(None)
     assert outer is not None and [r.data for r in outer.records] == [b"a"]
     (batch,) = inner
     assert [r.data for r in batch.records] == [b"b", b"c"]
@@ -579,55 +604,37 @@ def test_an_append_from_a_signal_handler_inside_a_write_is_refused(sp: Spool) ->
     sp.append(b"old")
     refused: list[BaseException] = []
 
-    def handler(frame: Any, event: str, arg: object) -> None:
-        conn = getattr(arg, "__self__", None)
-        writing = isinstance(conn, sqlite3.Connection) and conn.in_transaction
-        if event == "c_return" and writing and not refused:
-            try:
-                sp.append(b"from-handler")
-            except SpoolError as exc:
-                refused.append(exc)
-            else:
-                refused.append(AssertionError("append() returned inside a transaction"))
-            raise _Interrupt()  # as a SIGTERM handler's sys.exit() would
+    def handler() -> None:
+        try:
+            sp.append(b"from-handler")
+        except SpoolError as exc:
+            refused.append(exc)
+        else:
+            refused.append(AssertionError("append() returned inside a transaction"))
+        raise _Interrupt()  # as a SIGTERM handler's sys.exit() would
 
-    sys.setprofile(handler)
-    try:
-        with pytest.raises(_Interrupt):
-            sp.claim(10)
-    finally:
-        sys.setprofile(None)
+    with pytest.raises(_Interrupt), _handler_at(_in_transaction, handler):
+        sp.claim(10)
     (exc,) = refused
     assert isinstance(exc, SpoolError) and "inside another spool operation" in str(exc)
     assert [r.data for r in sp.claim(10).records] == [b"old"]  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("moment", ["thread-started", "cursor-made"])
+@pytest.mark.parametrize(
+    "moment",
+    [
+        pytest.param(_thread_started, id="thread-started"),
+        pytest.param(_cursor_made, id="cursor-made"),
+    ],
+)
 def test_a_close_from_a_signal_handler_during_the_first_append_raises_spool_error(
-    make_spool: Callable[..., Spool], moment: str
+    make_spool: Callable[..., Spool], moment: Moment
 ) -> None:
     """A spool closed (by a signal handler's shutdown) while the first append opens it makes
     that append and later ones raise SpoolError, never a raw sqlite3 or attribute error."""
     sp = make_spool()
-    fired: list[bool] = []
-
-    def handler(frame: Any, event: str, arg: object) -> None:
-        inside = frame.f_back is not None and frame.f_back.f_code.co_name == "_activate"
-        if moment == "thread-started":
-            hit = event == "return" and frame.f_code.co_name == "start" and inside
-        else:
-            hit = event == "c_return" and getattr(arg, "__name__", "") == "cursor"
-            hit = hit and frame.f_code.co_name == "_activate"
-        if hit and not fired:
-            fired.append(True)
-            sp.close()
-
-    sys.setprofile(handler)
-    try:
-        with pytest.raises(SpoolError, match="closed"):
-            sp.append(b"x")
-    finally:
-        sys.setprofile(None)
+    with pytest.raises(SpoolError, match="closed"), _handler_at(moment, sp.close) as fired:
+        sp.append(b"x")
     assert fired
     with pytest.raises(SpoolError, match="closed"):
         sp.append(b"y")
@@ -637,20 +644,9 @@ def test_connections_reset_by_a_signal_handler_during_the_first_append(sp: Spool
     """Connections reset (a handler's fork or close_connections()) while the first append
     opens them: that append raises SpoolError and keeps no cursor on a closed connection,
     and the next append works."""
-    fired: list[bool] = []
-
-    def handler(frame: Any, event: str, arg: object) -> None:
-        made = event == "c_return" and getattr(arg, "__name__", "") == "cursor"
-        if made and frame.f_code.co_name == "_activate" and not fired:
-            fired.append(True)
-            sp.close_connections()
-
-    sys.setprofile(handler)
-    try:
-        with pytest.raises(SpoolError, match="reset"):
-            sp.append(b"x")
-    finally:
-        sys.setprofile(None)
+    reset = _handler_at(_cursor_made, sp.close_connections)
+    with pytest.raises(SpoolError, match="reset"), reset as fired:
+        sp.append(b"x")
     assert fired
     assert sp.append(b"y") > 0
     assert [r.data for r in sp.claim(10).records] == [b"y"]  # type: ignore[union-attr]
