@@ -9,6 +9,19 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 EXTRAS="${BOOTSTRAP_EXTRAS:-}"
 say() { echo "segops bootstrap: $*" >&2; }
+# One bootstrap at a time per checkout (scripts/demo and scripts/test started together on
+# a fresh clone would both build .venv). flock(2) through Python, which every machine
+# running this has (macOS has no flock command): the lock belongs to fd 9's open file,
+# which this shell keeps, so it holds after python exits, until fd 9 is closed below.
+if ! command -v "$PY" >/dev/null 2>&1; then
+    say "no $PY found: install Python 3.9 or newer, or name one with PYTHON=/path/to/python3"
+    exit 1
+fi
+exec 9>>.segops-bootstrap.lock
+if ! "$PY" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null; then
+    say "another bootstrap of this checkout is running; waiting for it"
+    "$PY" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX)'
+fi
 # .venv is made in three steps, with a sentinel file beside it until the last one is done.
 # A .venv whose python can import pip is used (and adopted, whoever made it). One that
 # does not (an interrupted run, a python3 without ensurepip, its Python removed or upgraded
@@ -74,4 +87,5 @@ if [ -n "$EXTRAS" ]; then
         fi
     done
 fi
+exec 9>&-  # the bootstrap lock: not held by the demo or the tests exec'd next
 export PATH="$ROOT/.venv/bin:$PATH"
