@@ -307,6 +307,7 @@ class Spool:
         self._room_checked_at = 0.0
         self._room_check_at = sys.maxsize
         self._closed = False
+        self._epoch = 0  # bumped by every _close_connections() (close, fork, reset)
         self._reset_process_state()
         # Held until close(): recovery never moves the file from under an open Spool.
         self._users = _storage.join_users(self._path, self._busy_timeout, create=recover)
@@ -1062,6 +1063,7 @@ class Spool:
     def _close_connections(self) -> None:
         """Close every connection of this process (caller holds all three locks)."""
         conns = (self._ckpt_conn, self._read_conn, self._conn)
+        self._epoch += 1  # an _activate() connecting meanwhile must not keep its connection
         self._cursor = self._ckpt_conn = self._read_conn = self._conn = None
         for c in conns:
             if c is not None:
@@ -1090,6 +1092,7 @@ class Spool:
         made or found is still the spool's, so no cursor on a closed connection is kept and
         no connection is opened on a closed spool."""
         self._refuse_if_closed()
+        epoch = self._epoch
         conn = self._conn
         if conn is None:  # first use after fork(): never touch the parent's handle
             try:
@@ -1098,13 +1101,18 @@ class Spool:
                 )
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "reopen") from exc
-            if self._closed or self._conn is not None:
+            # A reset meanwhile leaves self._conn None: only the epoch tells (a fork here
+            # would hand this connection, opened before it, to parent and child alike).
+            if self._closed or self._conn is not None or self._epoch != epoch:
                 conn.close()
                 self._refuse_if_closed()
                 raise self._reset_meanwhile()
             self._conn = conn
         if self._thread is None:
             self._stop.clear()
+            # A close() run as clear() was entered set the flag clear() just undid: a
+            # thread started now would never stop.
+            self._refuse_if_closed()
             self._thread = threading.Thread(
                 target=_checkpoint_loop,
                 args=(weakref.ref(self), self._wake, self._stop, self._interval),
@@ -1144,8 +1152,17 @@ class Spool:
             conn = self._activate_if_needed()
             _refuse_nesting(conn, self._path, op)
             try:
-                with _storage.transaction(conn):
+                # Not ``with _storage.transaction(conn)``: a signal handler's exception at
+                # that context manager's seams (after BEGIN in __enter__, at the entry of
+                # __exit__) escapes with the transaction and SQLite's writer lock still
+                # open. Every call here is inside the ``try``.
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
                     result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _storage.rollback(conn)
+                    raise
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, op) from exc
             return result
@@ -1166,8 +1183,7 @@ class Spool:
                     conn.execute("BEGIN")  # inside the try: see _storage.transaction
                     return fn(conn)
                 finally:
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
+                    _storage.finish(conn, "COMMIT")
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, op) from exc
 

@@ -286,9 +286,27 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         yield
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        rollback(conn)
         raise
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK if a transaction is open (see :func:`finish`)."""
+    finish(conn, "ROLLBACK")
+
+
+def finish(conn: sqlite3.Connection, statement: str) -> None:
+    """End the open transaction, if any, with ``statement`` (COMMIT or ROLLBACK).
+
+    A connection closed meanwhile (a signal handler's close()) has no transaction left:
+    SQLite ended it on close. The error asking it would say so must not replace the
+    exception being handled (a handler's SystemExit, say)."""
+    try:
+        open_ = conn.in_transaction
+    except sqlite3.ProgrammingError:
+        return
+    if open_:
+        conn.execute(statement)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

@@ -650,3 +650,90 @@ def test_connections_reset_by_a_signal_handler_during_the_first_append(sp: Spool
     assert fired
     assert sp.append(b"y") > 0
     assert [r.data for r in sp.claim(10).records] == [b"y"]  # type: ignore[union-attr]
+
+
+def test_an_interrupt_at_any_moment_of_a_write_leaves_no_transaction_open(
+    make_spool: Callable[..., Spool],
+) -> None:
+    """A signal handler's exception at any profiled moment of a claim (a write) leaves the
+    writer outside any transaction even while that exception is still alive (in the
+    caller's ``except KeyboardInterrupt:`` block): no writer lock kept, no refusal."""
+    sp = make_spool()
+    here = __file__
+    count = [0]
+
+    def counting(frame: Any, event: str, arg: Any) -> bool:
+        if frame.f_code.co_filename == here:
+            return False
+        count[0] += 1
+        return False
+
+    with _handler_at(counting, _interrupt):
+        sp.claim(10)
+    stuck = []
+    for n in range(1, count[0] + 1):
+        sp.append(b"r%d" % n)
+        seen = [0]
+
+        def nth(frame: Any, event: str, arg: Any, n: int = n, seen: list[int] = seen) -> bool:
+            if frame.f_code.co_filename == here:
+                return False
+            seen[0] += 1
+            return seen[0] == n
+
+        try:
+            with _handler_at(nth, _interrupt):
+                sp.claim(10)
+        except _Interrupt:
+            if sp._conn is not None and sp._conn.in_transaction:
+                stuck.append(n)
+    assert not stuck
+
+
+@pytest.mark.parametrize(
+    ("operation", "moment"),
+    [
+        pytest.param(lambda s: s.claim(10), _in_transaction, id="claim"),
+        pytest.param(lambda s: s.stats(), _reading, id="stats"),
+    ],
+)
+def test_a_handler_exit_after_closing_the_spool_inside_a_transaction_reaches_the_caller(
+    sp: Spool, operation: Callable[[Spool], object], moment: Moment
+) -> None:
+    """A SIGTERM handler's shutdown() then sys.exit() inside a write or a read: the caller
+    gets the SystemExit, not a SpoolError about the closed connection (the rollback's or
+    the read's COMMIT's)."""
+    sp.append(b"a")
+
+    def handler() -> None:
+        sp.close()
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit), _handler_at(moment, handler) as fired:
+        operation(sp)
+    assert fired
+
+
+def test_a_close_as_the_first_append_starts_the_checkpointer_stops_it(
+    make_spool: Callable[..., Spool],
+) -> None:
+    """A handler's close() at the entry of _activate's ``_stop.clear()`` (where Python runs
+    pending signal handlers) must not leave a checkpoint thread running on a closed spool."""
+    sp = make_spool(checkpoint_interval=0.05)
+
+    def clearing(frame: Any, event: str, arg: Any) -> bool:
+        back = frame.f_back
+        return (
+            event == "call"
+            and frame.f_code.co_name == "clear"
+            and back is not None
+            and (back.f_code.co_name == "_activate")
+        )
+
+    with pytest.raises(SpoolError, match="closed"), _handler_at(clearing, sp.close) as fired:
+        sp.append(b"x")
+    assert fired
+    thread = sp._thread
+    if thread is not None:
+        thread.join(timeout=2)
+        assert not thread.is_alive()

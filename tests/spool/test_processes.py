@@ -364,3 +364,53 @@ def test_wal_stays_bounded_with_several_appending_processes(db_path: Path) -> No
     # ~30 MB here when the machine is quiet; 71 MB was seen once with both cores busy.
     # What this guards against is the unbounded growth (past 250 MB in 6 s) of before.
     assert peak < 128 * 1024 * 1024, f"WAL peaked at {peak / 1e6:.0f} MB"
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_while_the_writer_reconnects_hands_no_connection_to_the_child(
+    db_path: Path,
+) -> None:
+    """A signal handler forking as _activate's connect() returns: neither side keeps the
+    connection made before the fork (the child's appends would otherwise lose their WAL
+    when the parent closes last, as in the test above)."""
+    from spool import SpoolError
+
+    sp = Spool(db_path, checkpoint_interval=3600)
+    sp.append(b"parent-before")
+    sp.checkpoint()
+    sp.close_connections()
+    pids: list[int] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        back = frame.f_back
+        connected = event == "return" and frame.f_code.co_name == "connect"
+        if not pids and connected and back is not None and back.f_code.co_name == "_activate":
+            pids.append(os.fork())
+
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    sys.setprofile(profile)
+    try:
+        sp.append(b"first")
+    except SpoolError:  # "reset during this call; try again"
+        sys.setprofile(None)
+        sp.append(b"first")
+    finally:
+        sys.setprofile(None)
+    if pids[0] == 0:
+        code = 1
+        try:
+            os.write(to_parent_w, b"1")
+            os.read(to_child_r, 1)
+            for i in range(50):
+                sp.append(b"child-%d" % i)
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(to_parent_r, 1)
+    sp.close()
+    os.write(to_child_w, b"1")
+    assert wait_forked(pids[0]) == 0
+    with Spool(db_path) as after:
+        assert after.stats().pending == 53
+    assert integrity(db_path) == "ok"
