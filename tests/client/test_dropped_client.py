@@ -121,12 +121,15 @@ ONE_LINER = """\
 """
 
 
-@pytest.mark.parametrize("latency_ms", [0, 1500], ids=["fast-server", "slow-server"])
+# 1.2 s, not more: the last client's pass starts just before exit and must end within the
+# exit flush's 2 s, thread start and connection included, also on a loaded 2-core CI machine
+# (at 1.5 s it failed 1 run in 6 there at load average 4).
+@pytest.mark.parametrize("latency_ms", [0, 1200], ids=["fast-server", "slow-server"])
 def test_script_dropping_clients_delivers_before_exit(
     server: DevServer, tmp_path: Path, spool_file: Path, latency_ms: int
 ) -> None:
     """Events of clients dropped at once are sent by the exit flush, like a forgotten client's,
-    within its 2 s also when the server takes well over a second to answer."""
+    within its 2 s also when the server takes over a second to answer."""
     server.latency_ms = latency_ms
     script = write_script(tmp_path, "one_liner.py", ONE_LINER.format(key=SK))
     done = run_script(script, server.url, str(spool_file))
