@@ -1,8 +1,8 @@
 """The ``segops`` command line (also ``python -m segops``). See ``docs/cli.md``.
 
 Exit codes: 0 done; 1 work left undone (events still pending, server unreachable, auth
-rejected: the reason is printed); 2 usage or configuration error. Every error is one
-line on stderr, never a traceback, and no secret key is ever printed.
+rejected: the reason is printed); 2 usage or configuration error; 130 interrupted. Every
+error is one line on stderr, never a traceback, and no secret key is ever printed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,13 @@ from ._cli_drain import (
 from ._client import SegOpsClient
 from ._encoding import encode_event, event_from_args
 from ._errors import ConfigurationError, SegOpsError, translate_spool_error
+from ._http import header_safe
 from ._paths import (
     SPOOL_DIR_ENV,
     default_spool_dir,
     default_spool_path,
     display_url,
+    normalize_url,
     redact,
     redact_secrets,
     redact_typed,
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SegOps client tools: rescue a spool, inspect it, send events from "
         "scripts, run a local dev server, or watch the demo.",
         epilog="Exit codes: 0 done, 1 work left undone (the reason is printed), "
-        "2 usage or configuration error.",
+        "2 usage or configuration error, 130 interrupted (what is spooled stays spooled).",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -275,14 +278,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(prog, str(exc), 2)
     except ConfigurationError as exc:
         return _fail(prog, str(exc), 2)
-    except KeyboardInterrupt:
-        return _fail(prog, "interrupted; spooled events are safe on disk", 130)
+    except KeyboardInterrupt as exc:
+        said = str(exc) if isinstance(exc, _Interrupted) else ""
+        return _fail(prog, said or "interrupted; spooled events are safe on disk", 130)
     except BrokenPipeError:
         return 1
     except (SegOpsError, spool.SpoolError, OSError) as exc:
         return _fail(prog, _one_line(exc), 1)
     except ValueError as exc:
         return _fail(prog, _one_line(exc), 2)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what it left behind when the usual "safe on disk" would not be true."""
 
 
 def _prog_of(ns: argparse.Namespace) -> str:
@@ -337,13 +345,19 @@ def _api_key(ns: argparse.Namespace, *, required: bool = True) -> Optional[str]:
         raise UsageError(f"no API key: pass --api-key or set {ENV_KEY} (or {ENV_SECRET})")
     if key is not None and not key.startswith(("sk_", "pk_")):
         raise UsageError(f"the API key {redact(key)} is neither an sk_ nor a pk_ key")
+    if key is not None and not header_safe(key):
+        # Before it names a default spool: the library refuses it too, with this message.
+        raise UsageError(
+            f"the API key {redact(key)} holds whitespace, control or non-ASCII characters"
+            " (a newline read from a file?)"
+        )
     return key
 
 
 def _credentials(ns: argparse.Namespace) -> Tuple[str, str]:
     url, key = _api_url(ns), _api_key(ns)
     assert url is not None and key is not None
-    if not url.startswith(("http://", "https://")):
+    if not normalize_url(url).startswith(("http://", "https://")):
         raise UsageError(
             f"the API URL must start with http:// or https://: {display_url(url, key)!r}"
         )
@@ -638,6 +652,7 @@ def cmd_dead_retry(ns: argparse.Namespace) -> int:
     path = _spool_path(ns)
     store = open_spool(path)
     try:
+        _refuse_unknown_ids(store, ns.ids)
         requeued = store.requeue_dead(ns.ids)
     except spool.SpoolError as exc:
         raise translate_spool_error(exc) from exc
@@ -668,12 +683,25 @@ def cmd_dead_retry(ns: argparse.Namespace) -> int:
     return code
 
 
+def _refuse_unknown_ids(store: spool.Spool, ids: Optional[List[int]]) -> List[spool.DeadLetter]:
+    """The spool's dead letters; a UsageError naming any of ``ids`` that is not one of them
+    (a mistyped id must not read as "done": nothing is changed then)."""
+    letters = store.dead_letters()
+    unknown = sorted(set(ids or ()) - {d.id for d in letters})
+    if unknown:
+        raise UsageError(
+            f"no dead letter with id {', '.join(map(str, unknown))} in {store.path}"
+            " (segops dead-letters list shows them); nothing was changed"
+        )
+    return letters
+
+
 def cmd_dead_purge(ns: argparse.Namespace) -> int:
     """``segops dead-letters purge``: needs ``--yes``."""
     store = open_spool(_spool_path(ns))
     try:
         wanted = set(ns.ids) if ns.ids else None
-        letters = store.dead_letters()
+        letters = _refuse_unknown_ids(store, ns.ids)
         count = len(letters) if wanted is None else sum(1 for d in letters if d.id in wanted)
         if not ns.yes:
             raise UsageError(
@@ -693,6 +721,17 @@ def cmd_dead_purge(ns: argparse.Namespace) -> int:
 
 
 # -- track -------------------------------------------------------------------------------
+
+
+def _track_input(ns: argparse.Namespace) -> List[Dict[str, Any]]:
+    """The events to track, read and checked: from ``--jsonl`` or the single-event flags."""
+    if ns.jsonl is None:
+        return [_single_event(ns)]
+    given = [f"--{f.replace('_', '-')}" for f in _SINGLE_FLAGS if getattr(ns, f) is not None]
+    if given:
+        raise UsageError(f"--jsonl cannot be combined with {', '.join(given)}")
+    return _jsonl_events(ns.jsonl)
+
 
 _SINGLE_FLAGS = ("user_id", "event_type", "payload", "occurred_at", "anonymous_id")
 
@@ -766,13 +805,10 @@ def _jsonl_events(source: str) -> List[Dict[str, Any]]:
 
 def cmd_track(ns: argparse.Namespace) -> int:
     """``segops track``: validate everything, spool in one transaction, try to deliver."""
-    if ns.jsonl is not None:
-        given = [f"--{f.replace('_', '-')}" for f in _SINGLE_FLAGS if getattr(ns, f) is not None]
-        if given:
-            raise UsageError(f"--jsonl cannot be combined with {', '.join(given)}")
-        events = _jsonl_events(ns.jsonl)
-    else:
-        events = [_single_event(ns)]
+    try:
+        events = _track_input(ns)
+    except KeyboardInterrupt:  # reading or checking the input: nothing is spooled yet
+        raise _Interrupted("interrupted before anything was spooled") from None
     url, key = _credentials(ns)
     path = _spool_path(ns)
     if not events:
@@ -802,7 +838,13 @@ def cmd_track(ns: argparse.Namespace) -> int:
     reachability: Optional[EarlyProbe] = None
     try:
         dead_before = client.stats().dead_letters  # a refusal shows as a new dead letter
-        tracked = client.track_many(events)
+        try:
+            tracked = client.track_many(events)
+        except KeyboardInterrupt:
+            raise _Interrupted(
+                "interrupted while spooling; the events are spooled all or none"
+                f" (segops status --spool {shlex.quote(str(path))} tells which)"
+            ) from None
         try:
             if ns.timeout != 0:  # 0: spool only, no network at all
                 # Why a timeout happened is probed before it does, as replay does: probing

@@ -793,7 +793,7 @@ def _check_settings(
         raise ConfigurationError("api_url must be a non-empty URL such as https://api.segops.ai")
     # Never echo a password in the URL, or a key given as one (quoted, prefixed, ...).
     shown = display_url(api_url, api_key if isinstance(api_key, str) else None)
-    if not api_url.startswith(("http://", "https://")):
+    if not normalize_url(api_url).startswith(("http://", "https://")):
         raise ConfigurationError(f"api_url must start with http:// or https://: {shown!r}")
     try:
         url = httpx.URL(api_url)

@@ -354,8 +354,6 @@ class DevServer:
             raise ValueError("public_key must start with 'pk_'")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
-        if expires_at_style not in _EXPIRES_AT_STYLES:
-            raise ValueError(f"expires_at_style must be one of {', '.join(_EXPIRES_AT_STYLES)}")
         self._lock = threading.RLock()
         self.host = host
         self._port = port
@@ -366,6 +364,7 @@ class DevServer:
         self.require_signed = require_signed
         self._token_ttl = 900.0
         self.token_ttl = token_ttl
+        self._expires_at_style = "seconds"
         self.expires_at_style = expires_at_style
         self._fail_rate = 0.0
         self._fail_status = 503
@@ -480,6 +479,20 @@ class DevServer:
         if not math.isfinite(float(value)) or float(value) <= 0:
             raise ValueError(f"token_ttl must be a finite number > 0 seconds, got {value}")
         self._token_ttl = float(value)
+
+    @property
+    def expires_at_style(self) -> str:
+        """How minted tokens' ``expires_at`` is written: ``seconds``, ``fractional`` or
+        ``offset`` (see ``--expires-at-style``)."""
+        return self._expires_at_style
+
+    @expires_at_style.setter
+    def expires_at_style(self, value: str) -> None:
+        if value not in _EXPIRES_AT_STYLES:
+            raise ValueError(
+                f"expires_at_style must be one of {', '.join(_EXPIRES_AT_STYLES)}, got {value!r}"
+            )
+        self._expires_at_style = value
 
     @property
     def rate_limit(self) -> Optional[str]:
@@ -1500,8 +1513,11 @@ def run(ns: argparse.Namespace, *, stop_event: Optional[threading.Event] = None)
             rate_limit=ns.rate_limit,
             verbose=ns.verbose,
         )
-    except (ValueError, sqlite3.Error) as exc:
+    except ValueError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
+        return 2
+    except sqlite3.Error as exc:  # SQLite's message names no file: say which
+        sys.stderr.write(f"{prog}: error: --db {ns.db}: {exc}\n")
         return 2
     try:
         srv.start()

@@ -35,7 +35,10 @@ def _user_cache_dir() -> Path:
 
 def spool_name(api_url: str, api_key: str) -> str:
     """A file name derived from (api_url, api_key) that never reveals the key."""
-    digest = hashlib.sha256(f"{normalize_url(api_url)}\n{api_key}".encode()).hexdigest()
+    # surrogatepass: a key or URL read from undecodable bytes still names a file here, so
+    # that the caller's own check can refuse it with its message, not a codec error.
+    text = f"{normalize_url(api_url)}\n{api_key}"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return f"spool-{digest[:24]}.sqlite3"
 
 
@@ -67,7 +70,11 @@ def normalize_url(api_url: str) -> str:
     Idempotent: the client normalizes its URL and then names the spool from it, the CLI names
     it from the URL as given, and both must pick the same file whatever the URL ends with.
     (Stripping only one made ``…//`` two different spools.) A URL with one trailing slash or
-    none, the usual ones, keeps its spool name."""
+    none, the usual ones, keeps its spool name. The scheme is lowercased (``HTTP://`` is
+    ``http://``, as RFC 3986 and the official client's urllib have it)."""
+    scheme, sep, rest = api_url.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        api_url = scheme.lower() + sep + rest
     return api_url.rstrip("/")
 
 

@@ -562,6 +562,25 @@ def test_dead_letters_purge(cli: Runner, with_dead_letter: Path, select: list) -
     assert cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json").json() == []
 
 
+@pytest.mark.parametrize("action", [["retry"], ["purge", "--yes"]])
+def test_dead_letters_with_an_unknown_id_change_nothing(
+    cli: Runner, server: DevServer, with_dead_letter: Path, action: List[str]
+) -> None:
+    """retry or purge --id naming no dead letter (a typo): exit 2 naming the id, and
+    nothing requeued, deleted or sent, also for the ids given with it that do exist."""
+    listed = cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json").json()
+    real = str(listed[0]["id"])
+    sent = len(server.requests)
+    result = cli(
+        "dead-letters", *action, "--spool", str(with_dead_letter), "--id", real, "--id", "999"
+    )
+    assert result.code == 2, (result.out, result.err)
+    assert len(result.err_lines) == 1 and "no dead letter with id 999 in " in result.err
+    after = cli("dead-letters", "list", "--spool", str(with_dead_letter), "--json").json()
+    assert after == listed
+    assert len(server.requests) == sent
+
+
 def test_replay_with_public_key(
     cli: Runner, server: DevServer, spool_file: Path, env: Dict[str, str]
 ) -> None:

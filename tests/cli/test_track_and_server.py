@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -291,3 +292,53 @@ def test_demo_end_to_end(bare_cli: Runner) -> None:
     tmp = re.search(r"spool (\S+)/spool\.sqlite3", result.out)
     assert tmp and not Path(tmp.group(1)).exists()
     assert "Traceback" not in result.err
+
+
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63}
+
+
+def _blocked_reading_stdin(pid: int) -> bool:
+    """True while ``pid`` waits in read(0, ...) (Linux: /proc/PID/syscall)."""
+    import platform
+
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    number = _READ_SYSCALL.get(platform.machine())
+    return len(fields) > 1 and fields[0] == str(number) and int(fields[1], 16) == 0
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/syscall").exists()
+    or __import__("platform").machine() not in _READ_SYSCALL,
+    reason="needs Linux's /proc/PID/syscall on x86_64 or aarch64",
+)
+def test_ctrl_c_while_reading_input_says_nothing_was_spooled(
+    env: Dict[str, str], spool_file: Path
+) -> None:
+    """Ctrl-C while track still reads its --jsonl input: exit 130, and the message says that
+    nothing was spooled (not that the events are safe on disk)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segops", "track", "--jsonl", "-", "--spool", str(spool_file)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(event("ctrl-c")) + "\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not _blocked_reading_stdin(proc.pid):
+            assert time.monotonic() < deadline, "track never waited for more input"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "segops track: error: interrupted before anything was spooled"
+    assert not spool_file.exists() or pending(spool_file) == 0

@@ -61,6 +61,7 @@ def test_help_exits_zero(bare_cli: Runner, args: List[str]) -> None:
         (["dead-letters", "list", "--limit", "0"], ">= 1"),
         (["dead-letters", "retry", "--id", "x"], "invalid int"),
         (["dev-server", "--port", "http"], "invalid int"),
+        (["dev-server", "--port", "0", "--db", "/nonexistent/dir/x.db"], "/nonexistent/dir/x.db"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(bare_cli: Runner, args: List[str], fragment: str) -> None:
@@ -102,6 +103,37 @@ def test_bad_configuration_exits_2(bare_cli: Runner, url: str, key: str, fragmen
     assert fragment in line
     assert key not in result.err + result.out
     assert "SECRET0123456789" not in result.err + result.out  # nor a key or password as URL
+
+
+TRACK = ["track", "--user-id", "u", "--event-type", "t", "--timeout", "0"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(TRACK, id="track"),
+        pytest.param([*TRACK, "--spool", "x.sqlite3"], id="track-spool"),
+        pytest.param(["status"], id="status"),
+        pytest.param(["replay"], id="replay"),
+    ],
+)
+def test_a_key_with_undecodable_bytes_is_refused_by_name(bare_cli: Runner, args: List[str]) -> None:
+    """A key holding a byte the locale cannot decode (a surrogate escape) gets the library's
+    message, whether or not a default spool would be named from it (not a codec error)."""
+    key = "sk_live_\udcff4eC39HqLyjWDarjtT1zdp7dc"
+    result = bare_cli(*args, "--api-url", "http://127.0.0.1:9", "--api-key", key)
+    line = assert_one_line_error(result)
+    assert "holds whitespace, control or non-ASCII characters" in line
+    assert "4eC39HqLyjWDarjt" not in result.err + result.out
+
+
+def test_a_url_with_undecodable_bytes_is_refused_by_name(bare_cli: Runner) -> None:
+    """The same for the URL: a usage error naming it, not a codec error."""
+    result = bare_cli(
+        *TRACK, "--api-url", "http://127.0.0.1:9/\udcff", "--api-key", "sk_x_12345678"
+    )
+    line = assert_one_line_error(result)
+    assert "not a usable URL" in line
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 import segops
-from _support import FAST, ErrorLog, ingestion, wait_until
+from _support import FAST, SK, ErrorLog, ingestion, wait_until
 from segops._http import HttpSender
 from segops._paths import redact
 from segops._retry import Retryable
@@ -115,6 +115,22 @@ def test_same_url_and_key_share_a_spool_others_do_not(
     d = new_client("http://127.0.0.1:10", SECRET).spool_path
     assert a == b
     assert len({a, c, d}) == 3
+
+
+@pytest.mark.parametrize("scheme", ["HTTP", "Http"])
+def test_an_uppercase_scheme_is_http_and_shares_its_spool(
+    spool_dir: Path,
+    new_client: Callable[..., segops.SegOpsClient],
+    server: DevServer,
+    scheme: str,
+) -> None:
+    """``HTTP://`` is ``http://`` (schemes are case-insensitive; the official client's urllib
+    takes it): accepted, sent to the server, one spool with the lowercase URL's."""
+    upper = new_client(server.url.replace("http", scheme, 1), SK)
+    upper.track(user_id="u", event_type="e")
+    upper.flush(timeout=10)
+    assert len(ingestion(server)) == 1
+    assert upper.spool_path == new_client(server.url, SK).spool_path
 
 
 def test_clients_on_different_keys_never_mix(

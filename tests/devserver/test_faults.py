@@ -324,14 +324,25 @@ def test_bad_settings_raise(kwargs: dict[str, Any]) -> None:
         DevServer(**kwargs)
 
 
-@pytest.mark.parametrize("ttl", [float("nan"), float("inf"), 0.0])
-def test_token_ttl_checked_at_runtime_too(srv: DevServer, ttl: float) -> None:
-    """Setting token_ttl on a running server is validated like the constructor argument."""
+@pytest.mark.parametrize(
+    ("name", "bad", "good"),
+    [
+        ("token_ttl", float("nan"), 1.5),
+        ("token_ttl", float("inf"), 1.5),
+        ("token_ttl", 0.0, 1.5),
+        ("expires_at_style", "rfc2822", "offset"),
+        ("expires_at_style", None, "fractional"),
+    ],
+)
+def test_settings_checked_at_runtime_too(srv: DevServer, name: str, bad: Any, good: Any) -> None:
+    """Setting token_ttl or expires_at_style on a running server is validated like the
+    constructor argument: refused, the old value kept; a good one taken."""
+    before = getattr(srv, name)
     with pytest.raises(ValueError):
-        srv.token_ttl = ttl
-    assert srv.token_ttl == 900.0
-    srv.token_ttl = 1.5
-    assert srv.token_ttl == 1.5
+        setattr(srv, name, bad)
+    assert getattr(srv, name) == before
+    setattr(srv, name, good)
+    assert getattr(srv, name) == good
 
 
 def test_stop_start_same_port(api: Api, srv: DevServer) -> None:
