@@ -17,10 +17,13 @@ if ! command -v "$PY" >/dev/null 2>&1; then
     say "no $PY found: install Python 3.9 or newer, or name one with PYTHON=/path/to/python3"
     exit 1
 fi
-exec 9>>.segops-bootstrap.lock
-if ! "$PY" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null; then
-    say "another bootstrap of this checkout is running; waiting for it"
-    "$PY" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX)'
+# A checkout nobody may write (a read-only mount, another user's) cannot make the lock
+# file: with a ready .venv it needs no lock (nothing is written), so go on without one.
+if { exec 9>>.segops-bootstrap.lock; } 2>/dev/null; then
+    if ! "$PY" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null; then
+        say "another bootstrap of this checkout is running; waiting for it"
+        "$PY" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX)'
+    fi
 fi
 # .venv is made in three steps, with a sentinel file beside it until the last one is done.
 # A .venv whose python can import pip is used (and adopted, whoever made it). One that

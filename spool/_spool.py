@@ -602,7 +602,20 @@ class Spool:
         """The read connection, opened on first use (caller holds ``self._read_lock``)."""
         conn = self._read_conn
         if conn is None:
-            conn = self._read_conn = self._side_connection()
+            conn = self._read_conn = self._kept_connection()
+        return conn
+
+    def _kept_connection(self) -> sqlite3.Connection:
+        """_side_connection for one the spool keeps (the reader's, the checkpointer's; the
+        caller holds its lock). Dropped if a signal handler reset or closed the spool while
+        it was made: a fork then would hand it, opened before the fork, to parent and child
+        alike (see _activate)."""
+        epoch = self._epoch
+        conn = self._side_connection()
+        if self._closed or self._epoch != epoch:
+            conn.close()
+            self._refuse_if_closed()
+            raise self._reset_meanwhile()
         return conn
 
     def _side_connection(self) -> sqlite3.Connection:
@@ -952,7 +965,7 @@ class Spool:
         with self._ckpt_lock:
             conn = self._ckpt_conn
             if conn is None:
-                conn = self._ckpt_conn = self._side_connection()
+                conn = self._ckpt_conn = self._kept_connection()
                 self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             if mode == "PASSIVE":
                 row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -1150,18 +1163,25 @@ class Spool:
         """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT on the writer connection."""
         with self._lock:
             conn = self._activate_if_needed()
-            _refuse_nesting(conn, self._path, op)
             try:
+                # Inside the try: a handler's reset just now closed ``conn`` (raw error).
+                _refuse_nesting(conn, self._path, op)
                 # Not ``with _storage.transaction(conn)``: a signal handler's exception at
                 # that context manager's seams (after BEGIN in __enter__, at the entry of
                 # __exit__) escapes with the transaction and SQLite's writer lock still
-                # open. Every call here is inside the ``try``.
+                # open. Every call here is inside the ``try``, and the ROLLBACK is inline:
+                # Python runs pending handlers at a function's entry, so a helper's entry
+                # (_storage.rollback) would be such a seam too.
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     result = fn(conn)
                     conn.execute("COMMIT")
                 except BaseException:
-                    _storage.rollback(conn)
+                    try:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    except sqlite3.ProgrammingError:  # closed by a handler: nothing is open
+                        pass
                     raise
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, op) from exc
@@ -1183,7 +1203,14 @@ class Spool:
                     conn.execute("BEGIN")  # inside the try: see _storage.transaction
                     return fn(conn)
                 finally:
-                    _storage.finish(conn, "COMMIT")
+                    # Inline, as in _write: a helper's entry is where a handler's exception
+                    # would skip the COMMIT, leaving this read open (every later read
+                    # refused as nested, checkpoints held back by its snapshot).
+                    try:
+                        if conn.in_transaction:
+                            conn.execute("COMMIT")
+                    except sqlite3.ProgrammingError:  # closed by a handler: nothing is open
+                        pass
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, op) from exc
 

@@ -291,22 +291,14 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def rollback(conn: sqlite3.Connection) -> None:
-    """ROLLBACK if a transaction is open (see :func:`finish`)."""
-    finish(conn, "ROLLBACK")
-
-
-def finish(conn: sqlite3.Connection, statement: str) -> None:
-    """End the open transaction, if any, with ``statement`` (COMMIT or ROLLBACK).
-
-    A connection closed meanwhile (a signal handler's close()) has no transaction left:
-    SQLite ended it on close. The error asking it would say so must not replace the
-    exception being handled (a handler's SystemExit, say)."""
+    """ROLLBACK if a transaction is open. A connection closed meanwhile has none left (SQLite
+    ended it on close): the error asking it would say so must not replace the exception
+    being handled. (Spool._write and _read do the same inline: see there why.)"""
     try:
-        open_ = conn.in_transaction
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
     except sqlite3.ProgrammingError:
-        return
-    if open_:
-        conn.execute(statement)
+        pass
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

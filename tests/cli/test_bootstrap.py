@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -20,8 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def checkout(tmp_path: Path) -> Path:
     """A checkout whose .venv is this test run's own, installed for this pyproject.toml."""
     venv = Path(sys.prefix)
-    if not (venv / ".segops-installed-dev").is_file():
+    stamp = venv / ".segops-installed-dev"
+    if not stamp.is_file():
         pytest.skip("needs the .venv that scripts/test made")
+    # Installed for another pyproject.toml, the bootstrap under test would pip-install into
+    # this very venv (it is linked, not copied): only a ready one is lent.
+    if (
+        stamp.read_text().strip()
+        != hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    ):
+        pytest.skip("the .venv was installed for another pyproject.toml: run scripts/test")
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "_bootstrap.sh", tmp_path / "scripts")
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
@@ -88,3 +97,14 @@ def test_a_missing_python_is_named(checkout: Path) -> None:
     )
     assert proc.returncode == 1
     assert "no no-such-python3 found" in proc.stderr
+
+
+def test_a_checkout_where_the_lock_cannot_be_made_still_bootstraps(checkout: Path) -> None:
+    """A read-only checkout (or another user's) with its .venv ready bootstrapped before the
+    lock existed: not being able to make the lock file must not stop it. (A directory in
+    the lock file's place fails the open as a read-only mount does, even for root.)"""
+    (checkout / ".segops-bootstrap.lock").mkdir()
+    proc = _bootstrap(checkout)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.splitlines()[0] == "ready"

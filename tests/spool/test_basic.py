@@ -737,3 +737,78 @@ def test_a_close_as_the_first_append_starts_the_checkpointer_stops_it(
     if thread is not None:
         thread.join(timeout=2)
         assert not thread.is_alive()
+
+
+_SPOOL_DIR = os.path.dirname(os.path.abspath(spool.__file__)) + os.sep
+
+
+def _spool_function_entered(frame: Any, event: str, arg: Any) -> bool:
+    """A function of the spool package was just entered: where Python runs pending signal
+    handlers (RESUME), even inside an ``except:`` or ``finally:`` block's cleanup."""
+    return event == "call" and frame.f_code.co_filename.startswith(_SPOOL_DIR)
+
+
+@pytest.mark.parametrize("kind", ["failing-write", "read"])
+def test_an_interrupt_at_any_function_entry_leaves_no_transaction_open(
+    make_spool: Callable[..., Spool], kind: str
+) -> None:
+    """A handler's exception at every entry of a spool function during a write that fails
+    inside its transaction (SpoolFull: little disk left) or during a read: neither the
+    writer nor the reader stays in a transaction (SQLite's writer lock kept, every later
+    write or read refused as nested)."""
+    if kind == "read":
+        sp = make_spool()
+        sp.append(b"a")
+
+        def operation() -> None:
+            sp.stats()
+
+    else:
+        sp = make_spool(min_free_bytes=2**62)
+
+        def operation() -> None:
+            with contextlib.suppress(spool.SpoolFull):
+                sp.append(b"x")
+
+    operation()  # connections and the checkpointer made: the calls below are the steady ones
+    count = [0]
+
+    def counting(frame: Any, event: str, arg: Any) -> bool:
+        count[0] += _spool_function_entered(frame, event, arg)
+        return False
+
+    with _handler_at(counting, _interrupt):
+        operation()
+    assert count[0] > 0
+    stuck = []
+    for n in range(1, count[0] + 1):
+        seen = [0]
+
+        def nth(frame: Any, event: str, arg: Any, n: int = n, seen: list[int] = seen) -> bool:
+            seen[0] += _spool_function_entered(frame, event, arg)
+            return _spool_function_entered(frame, event, arg) and seen[0] == n
+
+        with contextlib.suppress(_Interrupt), _handler_at(nth, _interrupt):
+            operation()
+        for conn in (sp._conn, sp._read_conn):
+            if conn is not None and conn.in_transaction:
+                stuck.append(n)
+                conn.execute("ROLLBACK")
+    assert not stuck
+
+
+def test_a_reset_as_a_write_activates_is_a_spool_error(sp: Spool) -> None:
+    """A handler's close_connections() (or a fork, on the parent's side) right as _write's
+    _activate_if_needed() returned: the nesting check then meets a closed connection; the
+    caller gets a SpoolError, not a raw sqlite3.ProgrammingError."""
+    sp.append(b"a")
+
+    def activated(frame: Any, event: str, arg: Any) -> bool:
+        back = frame.f_back
+        inside = back is not None and back.f_code.co_name == "_write"
+        return event == "return" and frame.f_code.co_name == "_activate_if_needed" and inside
+
+    with pytest.raises(SpoolError), _handler_at(activated, sp.close_connections) as fired:
+        sp.claim(10)
+    assert fired
+    assert [r.data for r in sp.claim(10).records] == [b"a"]  # type: ignore[union-attr]

@@ -414,3 +414,64 @@ def test_a_fork_while_the_writer_reconnects_hands_no_connection_to_the_child(
     with Spool(db_path) as after:
         assert after.stats().pending == 53
     assert integrity(db_path) == "ok"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("operation", "keeper"),
+    [("stats", "_reader"), ("checkpoint", "_checkpoint_once")],
+)
+def test_a_fork_while_a_side_connection_is_made_hands_it_to_neither_process(
+    db_path: Path, operation: str, keeper: str
+) -> None:
+    """As the test above, for the connections kept beside the writer: a signal handler
+    forking as the reader's (or the checkpointer's) connect() returns. Kept by both sides,
+    that pre-fork connection made the child's SQLite believe it held the parent's locks,
+    and the parent closing last deleted the WAL under the child's appends."""
+    from spool import SpoolError
+
+    sp = Spool(db_path, checkpoint_interval=3600)
+    sp.append(b"parent-before")
+    sp.checkpoint()
+    sp.close_connections()
+    sp.append(b"parent-after")  # the writer reopened; the side connections not yet
+    pids: list[int] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        callers = []
+        back = frame.f_back
+        while back is not None and len(callers) < 3:
+            callers.append(back.f_code.co_name)
+            back = back.f_back
+        connected = event == "return" and frame.f_code.co_name == "connect"
+        if not pids and connected and "_side_connection" in callers and keeper in callers:
+            pids.append(os.fork())
+
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    sys.setprofile(profile)
+    try:
+        getattr(sp, operation)()
+    except SpoolError:  # "reset during this call; try again"
+        pass
+    finally:
+        sys.setprofile(None)
+    assert pids
+    if pids[0] == 0:
+        code = 1
+        try:
+            sp.append(b"child-first")
+            os.write(to_parent_w, b"1")
+            os.read(to_child_r, 1)
+            for i in range(50):
+                sp.append(b"child-%d" % i)
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(to_parent_r, 1)
+    sp.close()
+    os.write(to_child_w, b"1")
+    assert wait_forked(pids[0]) == 0
+    with Spool(db_path) as after:
+        assert after.stats().pending == 53
+    assert integrity(db_path) == "ok"
