@@ -38,7 +38,7 @@ from ._cli_drain import (
 )
 from ._client import SegOpsClient
 from ._encoding import encode_event, event_from_args
-from ._errors import ConfigurationError, SegOpsError, translate_spool_error
+from ._errors import ConfigurationError, EventRejected, SegOpsError, translate_spool_error
 from ._http import header_safe
 from ._paths import (
     SPOOL_DIR_ENV,
@@ -652,7 +652,8 @@ def cmd_dead_retry(ns: argparse.Namespace) -> int:
     path = _spool_path(ns)
     store = open_spool(path)
     try:
-        _refuse_unknown_ids(store, ns.ids)
+        if ns.ids:
+            _refuse_unknown_ids(store, ns.ids)
         requeued = store.requeue_dead(ns.ids)
     except spool.SpoolError as exc:
         raise translate_spool_error(exc) from exc
@@ -683,26 +684,26 @@ def cmd_dead_retry(ns: argparse.Namespace) -> int:
     return code
 
 
-def _refuse_unknown_ids(store: spool.Spool, ids: Optional[List[int]]) -> List[spool.DeadLetter]:
-    """The spool's dead letters; a UsageError naming any of ``ids`` that is not one of them
-    (a mistyped id must not read as "done": nothing is changed then)."""
-    letters = store.dead_letters()
-    unknown = sorted(set(ids or ()) - {d.id for d in letters})
+def _refuse_unknown_ids(store: spool.Spool, ids: Optional[List[int]]) -> List[int]:
+    """The ids of the spool's dead letters (those among ``ids`` when given); a UsageError
+    naming any of ``ids`` that is not one of them (a mistyped id must not read as "done":
+    nothing is changed then). Ids only: loading every letter's data for this took as much
+    memory as the dead letters hold."""
+    found = store.dead_letter_ids(ids)
+    unknown = sorted(set(ids or ()) - set(found))
     if unknown:
         raise UsageError(
             f"no dead letter with id {', '.join(map(str, unknown))} in {store.path}"
             " (segops dead-letters list shows them); nothing was changed"
         )
-    return letters
+    return found
 
 
 def cmd_dead_purge(ns: argparse.Namespace) -> int:
     """``segops dead-letters purge``: needs ``--yes``."""
     store = open_spool(_spool_path(ns))
     try:
-        wanted = set(ns.ids) if ns.ids else None
-        letters = _refuse_unknown_ids(store, ns.ids)
-        count = len(letters) if wanted is None else sum(1 for d in letters if d.id in wanted)
+        count = len(_refuse_unknown_ids(store, ns.ids))
         if not ns.yes:
             raise UsageError(
                 f"this would delete {count} dead letter(s) from {store.path} for good; "
@@ -851,6 +852,8 @@ def cmd_track(ns: argparse.Namespace) -> int:
                 # after it kept the command up to 0.9 s past --timeout.
                 reachability = EarlyProbe(url, time.monotonic() + ns.timeout)
                 client.flush(timeout=ns.timeout)
+        except EventRejected:  # the rest is delivered; told below, with the dead letters
+            pass
         except (SegOpsError, spool.SpoolError) as exc:  # spooled already: durable, exit 0
             error = seen.describe(
                 exc, url, key, own_request=own_request_running(), reachability=reachability

@@ -379,6 +379,8 @@ def _drain(
             try:
                 client.flush(timeout=left)
                 return
+            except EventRejected:  # the rest is delivered; the summary counts dead letters
+                return
             except FlushTimeout as exc:
                 outcome["error"] = f"timed out after {timeout:g}s: " + seen.describe(
                     exc,

@@ -23,11 +23,12 @@ import httpx
 import spool
 
 from . import _uwsgi
-from ._delivery import Counters, Delivery
+from ._delivery import Counters, Delivery, RejectedLog
 from ._encoding import encode_common, encode_event, event_from_args, identify_from_args
 from ._errors import (
     ConfigurationError,
     DeliveryError,
+    EventRejected,
     FlushTimeout,
     SegOpsError,
     SpoolCorrupt,
@@ -187,6 +188,7 @@ class SegOpsClient:
         # Not a bound method: the flusher thread holds the reporter, and must not keep a
         # client the program dropped alive (see __del__).
         self._report = _ErrorReporter(self._counters, on_error or _log_error)
+        self._rejected = RejectedLog()
         self._delivery = Delivery(
             store=self._spool,
             http=self._http,
@@ -196,6 +198,7 @@ class SegOpsClient:
             report=self._report,
             counters=self._counters,
             request_timeout=timeout,
+            rejected=self._rejected,
         )
         self._flush_interval = flush_interval
         self._state_lock = threading.RLock()
@@ -639,6 +642,15 @@ class SegOpsClient:
         self._http.close()
 
     def _drain_through(self, target: int, deadline: Optional[float]) -> None:
+        """Deliver every event up to ``target``; then raise what the server refused of them
+        (dead-lettered, by this call or the flusher), as the official ``flush()`` raises on
+        a non-2xx: after the rest is delivered, not instead."""
+        self._deliver_through(target, deadline)
+        refused = self._rejected.take_through(target)
+        if refused:
+            raise _summary(refused)
+
+    def _deliver_through(self, target: int, deadline: Optional[float]) -> None:
         # Asks "is anything up to target still live", not "how many": a count scans the
         # whole backlog before every batch. FlushTimeout counts once, for its ``pending``.
         stalled_since: Optional[float] = None
@@ -751,6 +763,7 @@ class SegOpsClient:
         self._flusher = self._new_flusher()
         self._sends = {}
         self._counters.lock = threading.RLock()
+        self._rejected.after_fork()
         self._http.after_fork()
         if self._session is not None:
             self._session.after_fork()
@@ -759,10 +772,25 @@ class SegOpsClient:
     def _exit_flush(self, deadline: float) -> None:
         try:
             self.shutdown(timeout=max(0.1, deadline - time.monotonic()))
+        except EventRejected as exc:  # delivered or dead-lettered: nothing is left
+            logger.warning("segops: at exit, %s", exc)
         except SegOpsError as exc:
             logger.warning("segops: events left in the spool at exit (%s)", exc)
         except Exception:  # a bug must not cost the other clients their exit flush
             logger.exception("segops: exit flush failed; events stay in the spool")
+
+
+def _summary(refused: List[EventRejected]) -> EventRejected:
+    """One exception for the events the server refused: the first one's status and reason."""
+    first = refused[0]
+    if len(refused) == 1:
+        return first
+    return EventRejected(
+        f"the server rejected {len(refused)} events; moved to dead letters (the first: "
+        f"HTTP {first.status}: {first.detail})",
+        status=first.status,
+        detail=first.detail,
+    )
 
 
 def _seconds_until(deadline: float, extra: float = 0.0) -> float:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import spool
 
@@ -71,6 +71,44 @@ class Counters:
 Report = Callable[[SegOpsError], None]
 
 
+class RejectedLog:
+    """Events a client's deliveries dead-lettered, kept until a ``flush()`` or ``shutdown()``
+    that waited for them raises them (the official client's ``flush()`` raises on a
+    non-2xx). Whichever thread delivered them: the flusher may have sent the batch before
+    the ``flush()`` was called. Holds the latest ``KEEP`` only."""
+
+    KEEP = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # reentrant: a signal handler may flush meanwhile
+        self._items: List[Tuple[int, EventRejected]] = []
+
+    def add(self, record_id: int, rejected: EventRejected) -> None:
+        with self._lock:
+            self._items.append((record_id, rejected))
+            del self._items[: -self.KEEP]
+
+    def discard(self, rejected: EventRejected) -> None:
+        with self._lock:
+            self._items = [item for item in self._items if item[1] is not rejected]
+
+    def take_through(self, last_id: int) -> List[EventRejected]:
+        """Remove and return those of events with ids up to ``last_id``, oldest first."""
+        with self._lock:
+            taken = sorted((item for item in self._items if item[0] <= last_id), key=_first)
+            self._items = [item for item in self._items if item[0] > last_id]
+        return [rejected for _, rejected in taken]
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's rejections are the parent's to raise."""
+        self._lock = threading.RLock()
+        self._items = []
+
+
+def _first(item: Tuple[int, EventRejected]) -> int:
+    return item[0]
+
+
 class Delivery:
     """Sends spooled batches; shared by the flusher thread, ``flush()`` and ``segops replay``."""
 
@@ -85,8 +123,10 @@ class Delivery:
         report: Report,
         counters: Counters,
         request_timeout: float,
+        rejected: Optional[RejectedLog] = None,
     ) -> None:
         self._spool = store
+        self._rejected = rejected
         self._http = http
         self._api_key = api_key
         self._session = session
@@ -230,16 +270,24 @@ class Delivery:
             return list(self._spool.split(batch))
         detail = exc.detail  # stored, then printed
         reason = f"HTTP {exc.reply.status}: {detail}"
-        self._spool.dead_letter(batch.records, reason)
+        rejected = EventRejected(
+            f"the server rejected an event; moved to dead letters ({reason})",
+            status=exc.reply.status,
+            detail=detail,
+        )
+        # Logged before the rows move: a flush() that sees nothing pending any more must
+        # find it there (undone if they do not move after all).
+        if self._rejected is not None:
+            self._rejected.add(batch.records[0].id, rejected)
+        moved = 0
+        try:
+            moved = self._spool.dead_letter(batch.records, reason)
+        finally:
+            if not moved and self._rejected is not None:
+                self._rejected.discard(rejected)  # our lease lapsed: not ours to report
         self._spool.ack(batch)  # drops the now-empty batch instead of leaving it to expire
         self._counters.add(dead_lettered=1)
-        reports.append(
-            EventRejected(
-                f"the server rejected an event; moved to dead letters ({reason})",
-                status=exc.reply.status,
-                detail=detail,
-            )
-        )
+        reports.append(rejected)
         return []
 
     def _acknowledge(self, batch: spool.Batch, reply: Reply, reports: List[SegOpsError]) -> None:

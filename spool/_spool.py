@@ -602,17 +602,25 @@ class Spool:
         """The read connection, opened on first use (caller holds ``self._read_lock``)."""
         conn = self._read_conn
         if conn is None:
-            conn = self._read_conn = self._kept_connection()
+            conn = self._kept_connection("_read_conn")
         return conn
 
-    def _kept_connection(self) -> sqlite3.Connection:
-        """_side_connection for one the spool keeps (the reader's, the checkpointer's; the
-        caller holds its lock). Dropped if a signal handler reset or closed the spool while
-        it was made: a fork then would hand it, opened before the fork, to parent and child
-        alike (see _activate)."""
+    def _kept_connection(self, attr: str) -> sqlite3.Connection:
+        """_side_connection for one the spool keeps in ``attr`` (the reader's, the
+        checkpointer's; the caller holds its lock). Dropped if a signal handler reset or
+        closed the spool while it was made: a fork then would hand it, opened before the
+        fork, to parent and child alike (see _activate).
+
+        Stored first, checked after, with no call in between: a handler may run as any call
+        returns (on Python < 3.11 also a Python function's, e.g. this one's), so a check
+        made before the caller stored it left a window where a fork closed the others but
+        not this one."""
         epoch = self._epoch
         conn = self._side_connection()
+        setattr(self, attr, conn)  # from here on a reset (a fork) closes it with the others
         if self._closed or self._epoch != epoch:
+            if getattr(self, attr) is conn:
+                setattr(self, attr, None)
             conn.close()
             self._refuse_if_closed()
             raise self._reset_meanwhile()
@@ -840,6 +848,23 @@ class Spool:
 
         return self._read("dead_letters", read)
 
+    def dead_letter_ids(self, ids: Optional[Iterable[int]] = None) -> list[int]:
+        """Ids of dead letters, oldest first; only those among ``ids`` when given. Reads no
+        record data (cheap on a dead-letter table of any size)."""
+        wanted = None if ids is None else sorted(set(ids))
+
+        def read(conn: sqlite3.Connection) -> list[int]:
+            if wanted is None:
+                return [int(r[0]) for r in conn.execute("SELECT id FROM dead_letters ORDER BY id")]
+            found = []
+            for i in wanted:
+                row = conn.execute("SELECT id FROM dead_letters WHERE id = ?", (i,)).fetchone()
+                if row is not None:
+                    found.append(int(row[0]))
+            return found
+
+        return self._read("dead_letter_ids", read)
+
     def requeue_dead(self, ids: Optional[Iterable[int]] = None) -> int:
         """Put dead letters back as pending records (new ids, at the tail); all when None."""
         wanted = None if ids is None else sorted(set(ids))
@@ -965,7 +990,7 @@ class Spool:
         with self._ckpt_lock:
             conn = self._ckpt_conn
             if conn is None:
-                conn = self._ckpt_conn = self._kept_connection()
+                conn = self._kept_connection("_ckpt_conn")
                 self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             if mode == "PASSIVE":
                 row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()

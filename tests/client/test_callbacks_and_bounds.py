@@ -262,13 +262,15 @@ def test_flush_from_on_error_after_a_rejection_returns_promptly(
 
     def on_error(exc: BaseException) -> None:
         started = time.monotonic()
-        client.flush(timeout=5)
+        with contextlib.suppress(segops.EventRejected):  # whichever flush waits first raises
+            client.flush(timeout=5)
         took.append(time.monotonic() - started)
 
     client = make_client(on_error=on_error)
     for i in range(10):
         client.track(user_id="u", event_type="e", payload={"i": i})
-    client.flush(timeout=10)
+    with contextlib.suppress(segops.EventRejected):
+        client.flush(timeout=10)
     assert took and max(took) < 1.0
     assert sorted(payload_ids(server)) == list(range(1, 10))
 

@@ -149,7 +149,9 @@ def test_poison_event_isolated_into_dead_letters(
     )
     client = make_client(on_error=errors)
     track_n(client, 50)
-    client.flush(timeout=20)
+    with pytest.raises(segops.EventRejected, match="17 is cursed") as raised:
+        client.flush(timeout=20)  # raises once the 49 others are delivered, as 0.2.2's does
+    assert raised.value.status == 400
     assert sorted(payload_ids(server)) == [i for i in range(50) if i != 17]
     stats = client.stats()
     assert stats.dead_letters == 1 and stats.pending == 0 and stats.delivered == 49
@@ -163,6 +165,31 @@ def test_poison_event_isolated_into_dead_letters(
     assert server.stats()["duplicates_dropped"] == 0
 
 
+@pytest.mark.parametrize("finish", ["flush", "shutdown", "with"])
+def test_a_rejection_the_flusher_met_first_is_raised_by_the_next_flush(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog, finish: str
+) -> None:
+    """The background flusher dead-lettered the event before flush() (or shutdown(), or the
+    end of a ``with`` block) was called: that call raises it all the same, once; on_error
+    had it too. Whoever sent the batch, a script sees what 0.2.2's flush() would raise."""
+    server.reject_when = lambda ev: "no thanks" if ev["payload"].get("i") == 1 else None
+    client = make_client(on_error=errors, flush_interval=0.05)
+    track_n(client, 3)
+    wait_until(lambda: client.stats().dead_letters == 1 and client.stats().pending == 0)
+    wait_until(lambda: errors.of(segops.EventRejected))  # reported once the batch is done
+    with pytest.raises(segops.EventRejected, match="no thanks"):
+        if finish == "flush":
+            client.flush(timeout=10)
+        elif finish == "shutdown":
+            client.shutdown(timeout=10)
+        else:
+            with client:
+                pass
+    if finish == "flush":
+        client.flush(timeout=10)  # raised once
+    assert sorted(payload_ids(server)) == [0, 2]
+
+
 def test_two_poison_events_and_order_of_the_rest(
     server: DevServer, make_client: MakeClient, errors: ErrorLog
 ) -> None:
@@ -171,7 +198,9 @@ def test_two_poison_events_and_order_of_the_rest(
     server.reject_when = lambda ev: "bad" if ev["payload"].get("i") in bad else None
     client = make_client(on_error=errors)
     track_n(client, 64)
-    client.flush(timeout=20)
+    with pytest.raises(segops.EventRejected, match="rejected 2 events"):
+        client.flush(timeout=20)
+    client.flush(timeout=20)  # raised once: a later flush has nothing new to say
     ids = payload_ids(server)
     assert sorted(ids) == [i for i in range(64) if i not in bad]
     assert len(ids) == len(set(ids))
@@ -202,7 +231,9 @@ def test_a_single_refused_event_is_dead_lettered_with_the_reason(
     server.script([(status, body)])
     client = make_client(on_error=errors)
     client.track(user_id="u", event_type="bogus")
-    client.flush(timeout=10)
+    with pytest.raises(segops.EventRejected) as raised:
+        client.flush(timeout=10)
+    assert raised.value.status == status and shown in str(raised.value)
     with spool.Spool(spool_file) as s:
         (dead,) = s.dead_letters()
     assert shown in dead.reason

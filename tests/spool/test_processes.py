@@ -475,3 +475,65 @@ def test_a_fork_while_a_side_connection_is_made_hands_it_to_neither_process(
     with Spool(db_path) as after:
         assert after.stats().pending == 53
     assert integrity(db_path) == "ok"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("operation", "keeper"),
+    [("stats", "_reader"), ("checkpoint", "_checkpoint_once")],
+)
+def test_a_fork_as_the_side_connection_is_handed_back_hands_it_to_neither_process(
+    db_path: Path, operation: str, keeper: str
+) -> None:
+    """As the test above, one step later: the handler forks as _kept_connection() returns
+    (its epoch check passed; on Python < 3.11 a real handler runs there).
+    Stored by the caller only after that, the connection escaped the pre-fork close and
+    both processes kept it: the child's 51 appends were lost."""
+    from spool import SpoolError
+
+    sp = Spool(db_path, checkpoint_interval=3600)
+    sp.append(b"parent-before")
+    sp.checkpoint()
+    sp.close_connections()
+    sp.append(b"parent-after")
+    pids: list[int] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        back = frame.f_back
+        returned = event == "return" and frame.f_code.co_name == "_kept_connection"
+        if not pids and returned and back is not None and back.f_code.co_name == keeper:
+            pids.append(os.fork())
+
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    sys.setprofile(profile)
+    try:
+        getattr(sp, operation)()
+    except SpoolError:  # the connection it was handed was closed by the fork
+        pass
+    finally:
+        sys.setprofile(None)
+    assert pids
+    if pids[0] == 0:
+        code = 1
+        try:
+            if sp._read_conn is None and sp._ckpt_conn is None:  # nothing inherited
+                sp.append(b"child-first")
+                getattr(sp, operation)()  # the side connection, made in the child
+                os.write(to_parent_w, b"1")
+                os.read(to_child_r, 1)
+                for i in range(50):
+                    sp.append(b"child-%d" % i)
+                getattr(sp, operation)()
+                code = 0
+            else:
+                os.write(to_parent_w, b"1")
+        finally:
+            os._exit(code)
+    os.read(to_parent_r, 1)
+    sp.close()
+    os.write(to_child_w, b"1")
+    assert wait_forked(pids[0]) == 0, "the child kept the pre-fork side connection"
+    with Spool(db_path) as after:
+        assert after.stats().pending == 53
+    assert integrity(db_path) == "ok"
