@@ -31,6 +31,13 @@ _ISO_8601 = re.compile(
     r"(Z|z|[+-]\d{2}(?::?\d{2})?)?)?$",
     re.ASCII,  # \d alone would take full-width and other Unicode digits
 )
+# ISO-8601's basic format (20261126T041656Z), sent as the same instant in the wire's layout.
+_ISO_8601_BASIC = re.compile(
+    r"^(\d{4})(\d{2})(\d{2})"
+    r"(?:[Tt](\d{2})(\d{2})(?:(\d{2})(?:[.,](\d+))?)?"
+    r"(Z|z|[+-]\d{2}(?:\d{2})?)?)?$",
+    re.ASCII,
+)
 # The layouts the server accepts as they are (date and time; seconds, 1-9 fraction digits
 # and the offset optional); other ISO-8601 that parse_iso8601 takes is normalized first.
 _WIRE_ISO_8601 = re.compile(
@@ -127,7 +134,10 @@ def now_iso() -> str:
     if cached_second != second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _second_cache = (second, prefix)  # one tuple: threads never see a torn pair
-    return prefix + _MILLIS[micros // 1000 % 1000] + _MICROS_UTC[micros % 1000]
+    fraction = micros % 1_000_000
+    if not fraction:  # isoformat() leaves out a zero fraction (once in a million calls)
+        return prefix + "+00:00"
+    return prefix + _MILLIS[fraction // 1000] + _MICROS_UTC[micros % 1000]
 
 
 def parse_iso8601(text: str) -> dt.datetime:
@@ -137,7 +147,8 @@ def parse_iso8601(text: str) -> dt.datetime:
     (a server's ``"expires_at": 1700000000``)."""
     if not isinstance(text, str):
         raise TypeError(f"an ISO-8601 timestamp must be a string, not {type(text).__name__}")
-    match = _ISO_8601.match(text.strip())
+    stripped = text.strip()
+    match = _ISO_8601.match(stripped) or _ISO_8601_BASIC.match(stripped)
     if match is None:
         raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
     year, month, day, hour, minute, second, fraction, zone = match.groups()

@@ -123,6 +123,16 @@ BAD_INPUTS: Dict[str, Any] = {
         ValueError,
         "born",
     ),
+    "occurred_at epoch seconds as text": (
+        KW(user_id="u", event_type="e", occurred_at="1700000000"),
+        ValueError,
+        "occurred_at",
+    ),
+    "occurred_at basic format, month 13": (
+        KW(user_id="u", event_type="e", occurred_at="20241326T000000Z"),
+        ValueError,
+        "occurred_at",
+    ),
     "occurred_at number": (
         KW(user_id="u", event_type="e", occurred_at=1700000000),
         TypeError,
@@ -264,6 +274,10 @@ def test_conversions_reach_the_server_as_json(server: DevServer, make_client: Ma
         ("2024-02-29T12:00:00+05", "2024-02-29T07:00:00+00:00"),
         (" 2024-02-29T12:00:00Z\n", "2024-02-29T12:00:00+00:00"),
         ("2024-02-29T12:00:00.1234567891Z", "2024-02-29T12:00:00.123456+00:00"),
+        # ISO-8601's basic format
+        ("20240229T120000Z", "2024-02-29T12:00:00+00:00"),
+        ("20240229T120000.25+0530", "2024-02-29T06:30:00.250000+00:00"),
+        ("20240229", "2024-02-29T00:00:00+00:00"),
     ],
 )
 def test_occurred_at_forms(
