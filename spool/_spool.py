@@ -579,7 +579,14 @@ class Spool:
         # The records' bytes are read after the writer lock is released: appends (and other
         # processes) wait only for the tiny transaction that leases the id range.
         key, first, last = claimed
-        rows = self._read_range(first, last)
+        try:
+            rows = self._read_range(first, last)
+        except SpoolError:
+            # Leased but unread (a signal handler reset or closed the spool meanwhile): give
+            # the lease back at once, or the rows would wait for it to expire. Best effort.
+            with contextlib.suppress(SpoolError):
+                self.release(Batch(key, [], owner, tag))
+            raise
         return Batch(key, _records(rows), owner, tag) if rows else None
 
     def _read_range(self, first: int, last: int) -> list[Any]:

@@ -812,3 +812,27 @@ def test_a_reset_as_a_write_activates_is_a_spool_error(sp: Spool) -> None:
         sp.claim(10)
     assert fired
     assert [r.data for r in sp.claim(10).records] == [b"a"]  # type: ignore[union-attr]
+
+
+def test_a_claim_whose_rows_cannot_be_read_gives_its_lease_back(sp: Spool) -> None:
+    """A handler's reset as the claim opens its read connection: the claim raises, and the
+    batch it leased is claimable again at once (not after its lease), whole, same key."""
+    sp.append_many([b"a", b"b"])
+
+    def opening_the_reader(frame: Any, event: str, arg: Any) -> bool:
+        back = frame.f_back
+        return (
+            event == "return"
+            and frame.f_code.co_name == "_side_connection"
+            and back is not None
+            and back.f_code.co_name == "_kept_connection"
+        )
+
+    with (
+        pytest.raises(SpoolError, match="try again"),
+        _handler_at(opening_the_reader, sp.close_connections) as fired,
+    ):
+        sp.claim(10, lease=3600)
+    assert fired
+    again = sp.claim(10, lease=3600)
+    assert again is not None and [r.data for r in again.records] == [b"a", b"b"]
