@@ -188,7 +188,7 @@ class SegOpsClient:
         # Not a bound method: the flusher thread holds the reporter, and must not keep a
         # client the program dropped alive (see __del__).
         self._report = _ErrorReporter(self._counters, on_error or _log_error)
-        self._rejected = RejectedLog()
+        self._rejected = RejectedLog(settled_through=self._spool.last_id())
         self._delivery = Delivery(
             store=self._spool,
             http=self._http,
@@ -646,7 +646,7 @@ class SegOpsClient:
         (dead-lettered, by this call or the flusher), as the official ``flush()`` raises on
         a non-2xx: after the rest is delivered, not instead."""
         self._deliver_through(target, deadline)
-        refused = self._rejected.take_through(target)
+        refused = self._rejected.take_through(target, self._spool)
         if refused:
             raise _summary(refused)
 

@@ -79,9 +79,12 @@ class RejectedLog:
 
     KEEP = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, settled_through: int = 0) -> None:
         self._lock = threading.RLock()  # reentrant: a signal handler may flush meanwhile
         self._items: List[Tuple[int, EventRejected]] = []
+        # Ids up to here were waited for by an earlier take (or predate the client): dead
+        # letters above it that another client or process moved are still to be raised.
+        self._settled = settled_through
 
     def add(self, record_id: int, rejected: EventRejected) -> None:
         with self._lock:
@@ -92,11 +95,25 @@ class RejectedLog:
         with self._lock:
             self._items = [item for item in self._items if item[1] is not rejected]
 
-    def take_through(self, last_id: int) -> List[EventRejected]:
-        """Remove and return those of events with ids up to ``last_id``, oldest first."""
+    def take_through(
+        self, last_id: int, store: Optional[spool.Spool] = None
+    ) -> List[EventRejected]:
+        """Remove and return those of events with ids up to ``last_id``, oldest first.
+
+        With ``store``, also the dead letters in it with ids above the last take's (and up
+        to ``last_id``) that another sender moved: a client or process sharing the spool
+        may have sent this client's events (a Celery parent's flusher sends its children's),
+        and the flush() that waited for them must raise all the same."""
         with self._lock:
             taken = sorted((item for item in self._items if item[0] <= last_id), key=_first)
             self._items = [item for item in self._items if item[0] > last_id]
+            after, self._settled = self._settled, max(self._settled, last_id)
+        if store is not None and last_id > after:
+            known = {record_id for record_id, _ in taken}
+            for record_id, reason in store.dead_letter_reasons(after, last_id):
+                if record_id not in known:
+                    taken.append((record_id, _rejected_from(reason)))
+            taken.sort(key=_first)
         return [rejected for _, rejected in taken]
 
     def after_fork(self) -> None:
@@ -107,6 +124,17 @@ class RejectedLog:
 
 def _first(item: Tuple[int, EventRejected]) -> int:
     return item[0]
+
+
+def _rejected_from(reason: str) -> EventRejected:
+    """The EventRejected for a dead letter's stored reason (``HTTP 400: detail``)."""
+    status, _, detail = reason.partition(": ")
+    code = status[5:] if status.startswith("HTTP ") else ""
+    return EventRejected(
+        f"the server rejected an event; moved to dead letters ({reason})",
+        status=int(code) if code.isdigit() else None,
+        detail=detail if code.isdigit() else reason,
+    )
 
 
 class Delivery:
@@ -277,14 +305,17 @@ class Delivery:
         )
         # Logged before the rows move: a flush() that sees nothing pending any more must
         # find it there (undone if they do not move after all).
+        # An object of its own: on_error may raise the one it gets, whose traceback then
+        # keeps this thread's frames (the whole claimed batch) alive while it is kept here.
+        kept = EventRejected(str(rejected), status=rejected.status, detail=detail)
         if self._rejected is not None:
-            self._rejected.add(batch.records[0].id, rejected)
+            self._rejected.add(batch.records[0].id, kept)
         moved = 0
         try:
             moved = self._spool.dead_letter(batch.records, reason)
         finally:
             if not moved and self._rejected is not None:
-                self._rejected.discard(rejected)  # our lease lapsed: not ours to report
+                self._rejected.discard(kept)  # our lease lapsed: not ours to report
         self._spool.ack(batch)  # drops the now-empty batch instead of leaving it to expire
         self._counters.add(dead_lettered=1)
         reports.append(rejected)

@@ -585,7 +585,7 @@ class Spool:
             # Leased but unread (a signal handler reset or closed the spool meanwhile): give
             # the lease back at once, or the rows would wait for it to expire. Best effort.
             with contextlib.suppress(SpoolError):
-                self.release(Batch(key, [], owner, tag))
+                self.release(Batch(key, (), owner, tag))
             raise
         return Batch(key, _records(rows), owner, tag) if rows else None
 
@@ -871,6 +871,19 @@ class Spool:
             return found
 
         return self._read("dead_letter_ids", read)
+
+    def dead_letter_reasons(self, after: int, through: int) -> list[tuple[int, str]]:
+        """(id, reason) of the dead letters with ``after < id <= through``, oldest first;
+        no record data."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "SELECT id, reason FROM dead_letters WHERE id > ? AND id <= ? ORDER BY id",
+                (after, through),
+            )
+            return [(int(i), str(r)) for i, r in rows]
+
+        return self._read("dead_letter_reasons", read)
 
     def requeue_dead(self, ids: Optional[Iterable[int]] = None) -> int:
         """Put dead letters back as pending records (new ids, at the tail); all when None."""

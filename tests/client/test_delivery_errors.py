@@ -190,6 +190,51 @@ def test_a_rejection_the_flusher_met_first_is_raised_by_the_next_flush(
     assert sorted(payload_ids(server)) == [0, 2]
 
 
+def test_a_rejection_another_client_on_the_spool_met_is_raised_by_my_flush(
+    server: DevServer, make_client: MakeClient, errors: ErrorLog
+) -> None:
+    """Two clients on one spool (two workers, a Celery parent and child, a dropped client's
+    last pass): the other one sent my event and the server refused it. My flush() waited
+    for it, so it raises, once, as it does when my own flusher met the refusal."""
+    server.reject_when = lambda ev: "no thanks" if ev["payload"].get("i") == 1 else None
+    mine = make_client(on_error=errors)
+    other = make_client(on_error=errors)
+    track_n(mine, 3)
+    with pytest.raises(segops.EventRejected):
+        other.flush(timeout=10)  # it waited for them too
+    with pytest.raises(segops.EventRejected, match="no thanks") as raised:
+        mine.flush(timeout=10)
+    assert raised.value.status == 400 and raised.value.detail == "no thanks"
+    mine.flush(timeout=10)  # raised once
+    assert sorted(payload_ids(server)) == [0, 2]
+
+
+def test_an_on_error_that_raises_its_argument_does_not_pin_the_delivery(
+    server: DevServer, make_client: MakeClient
+) -> None:
+    """on_error re-raising what it got (the client logs it) gives that object a traceback
+    of the flusher's frames, which hold the whole claimed batch: the rejection kept for the
+    next flush() must not be that object (up to 10,000 are kept, each pinning a batch)."""
+    server.reject_when = lambda ev: "no thanks" if ev["payload"].get("i") == 1 else None
+    reported = []
+
+    def on_error(exc: segops.SegOpsError) -> None:
+        reported.append(exc)
+        raise exc
+
+    client = make_client(on_error=on_error, flush_interval=0.05)
+    track_n(client, 3)
+    wait_until(lambda: reported and reported[0].__traceback__ is not None)
+    with pytest.raises(segops.EventRejected, match="no thanks") as raised:
+        client.flush(timeout=10)
+    names = set()
+    tb = raised.value.__traceback__
+    while tb is not None:
+        names.add(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert "on_error" not in names and "_deliver" not in names
+
+
 def test_two_poison_events_and_order_of_the_rest(
     server: DevServer, make_client: MakeClient, errors: ErrorLog
 ) -> None:
