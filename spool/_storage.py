@@ -231,7 +231,12 @@ def _enable_wal(conn: sqlite3.Connection, path: Path, busy_timeout: float) -> No
 @contextlib.contextmanager
 def coarse_lock(path: Path, timeout: float) -> Iterator[None]:
     """Cross-process lock for schema work and recovery (never used per record)."""
-    lock = filelock.FileLock(str(path) + ".lock", timeout=timeout, mode=0o600)
+    name = str(path) + ".lock"
+    try:  # filelock retries a lock file it cannot make until the timeout: fail at once
+        os.close(os.open(name, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise SpoolError(f"cannot make the lock file {name}: {exc.strerror}") from exc
+    lock = filelock.FileLock(name, timeout=timeout, mode=0o600)
     try:
         with lock:
             yield

@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -219,3 +220,13 @@ def test_disk_full_during_append_is_spool_full(sp: Spool) -> None:
     conn.execute("PRAGMA max_page_count=1073741823")
     batch = sp.claim(1)
     assert batch is not None and batch.records[0].data == b"first"
+
+
+def test_a_lock_file_that_cannot_be_made_fails_at_once(tmp_path: Path) -> None:
+    """``<db>.lock`` that cannot be opened (a directory here; a read-only or special folder
+    elsewhere) is a SpoolError naming it at once, not a wait for the whole busy_timeout."""
+    (tmp_path / "s.db.lock").mkdir()
+    started = time.monotonic()
+    with pytest.raises(SpoolError, match=r"s\.db\.lock"):
+        Spool(tmp_path / "s.db", busy_timeout=30)
+    assert time.monotonic() - started < 10
