@@ -582,8 +582,9 @@ class Spool:
         try:
             rows = self._read_range(first, last)
         except SpoolError:
-            # Leased but unread (a signal handler reset or closed the spool meanwhile): give
-            # the lease back at once, or the rows would wait for it to expire. Best effort.
+            # Leased but unread (a signal handler reset the spool meanwhile): give the lease
+            # back at once, or the rows would wait for it to expire. Best effort: after a
+            # close() the release is refused, and the lease ends with it or this process.
             with contextlib.suppress(SpoolError):
                 self.release(Batch(key, (), owner, tag))
             raise

@@ -7,6 +7,7 @@ reserved for coarse, rare work (creating/migrating the schema, moving a bad file
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -232,16 +233,51 @@ def _enable_wal(conn: sqlite3.Connection, path: Path, busy_timeout: float) -> No
 def coarse_lock(path: Path, timeout: float) -> Iterator[None]:
     """Cross-process lock for schema work and recovery (never used per record)."""
     name = str(path) + ".lock"
-    try:  # filelock retries a lock file it cannot make until the timeout: fail at once
-        os.close(os.open(name, os.O_RDWR | os.O_CREAT, 0o600))
-    except OSError as exc:
-        raise SpoolError(f"cannot make the lock file {name}: {exc.strerror}") from exc
+    _check_lock_file(name)
     lock = filelock.FileLock(name, timeout=timeout, mode=0o600)
     try:
         with lock:
             yield
     except filelock.Timeout as exc:
         raise SpoolError(f"timed out waiting for {path}.lock: {exc}") from exc
+
+
+def _check_lock_file(name: str) -> None:
+    """Fail at once, with a SpoolError naming it, when ``name`` cannot be opened or made as
+    a lock file (filelock would retry that until its timeout). Opened as filelock opens it
+    (no symlink followed, no wait on a leased file); one this call makes is left as
+    filelock would make it: mode 0o600 whatever the umask, and, on a file system without
+    flock(), not at all (filelock's soft fallback takes only a marker file it created)."""
+    flags = os.O_RDWR | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            made = True
+        except FileExistsError:
+            fd = os.open(name, flags)
+            made = False
+    except OSError as exc:
+        raise SpoolError(f"cannot make the lock file {name}: {exc.strerror}") from exc
+    try:
+        if made:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o600)
+            if _lacks_flock(fd):
+                with contextlib.suppress(OSError):
+                    if os.path.samestat(os.lstat(name), os.fstat(fd)):
+                        os.unlink(name)
+    finally:
+        os.close(fd)
+
+
+def _lacks_flock(fd: int) -> bool:
+    if sys.platform == "win32":
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close
+    except OSError as exc:
+        return exc.errno == errno.ENOSYS
+    return False
 
 
 def ensure_schema(conn: sqlite3.Connection, path: Path, timeout: float) -> None:

@@ -230,3 +230,56 @@ def test_a_lock_file_that_cannot_be_made_fails_at_once(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match=r"s\.db\.lock"):
         Spool(tmp_path / "s.db", busy_timeout=30)
     assert time.monotonic() - started < 10
+
+
+def test_the_coarse_lock_is_taken_where_flock_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without flock() (ENOSYS): filelock falls back to a soft lock whose
+    marker it must create itself; a lock file made beforehand read as a marker held by an
+    unknown owner, and the lock timed out."""
+    import errno
+    import warnings
+
+    import filelock._native._unix as native
+
+    from spool import _storage
+
+    def no_flock(fd: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(native, "lock_fd_nonblocking", lambda fd: no_flock(fd))
+    monkeypatch.setattr(_storage.fcntl, "flock", lambda fd, op: no_flock(fd))
+    warnings.simplefilter("ignore")
+    started = time.monotonic()
+    with _storage.coarse_lock(tmp_path / "s.db", 3):
+        pass
+    assert time.monotonic() - started < 2
+
+
+def test_a_lock_file_the_spool_makes_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Made 0o600 like filelock's own (its mode= is applied after the umask)."""
+    from spool import _storage
+
+    old = os.umask(0o277)
+    try:
+        with _storage.coarse_lock(tmp_path / "s.db", 3):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "s.db.lock").st_mode) == 0o600
+
+
+def test_a_symlinked_lock_file_is_not_followed(tmp_path: Path) -> None:
+    """filelock opens the lock file with O_NOFOLLOW; the check before it must not create
+    the target of a (dangling) symlink planted in its place."""
+    from spool import _storage
+
+    target = tmp_path / "elsewhere"
+    (tmp_path / "s.db.lock").symlink_to(target)
+    with (
+        pytest.raises(SpoolError, match=r"s\.db\.lock"),
+        _storage.coarse_lock(tmp_path / "s.db", 3),
+    ):
+        pass
+    assert not target.exists()
