@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
@@ -170,12 +169,29 @@ def stop_when_booted(app: AppServer) -> float:
     def booted() -> bool:
         pids, log = live_workers(app.proc.pid), app.output()
         return len(pids) == 2 and all(
-            f"pid: {pid}" in log and f"[{pid}] [INFO] Autorestarting" not in log for pid in pids
+            f"pid: {pid}" in log
+            and f"[{pid}] [INFO] Autorestarting" not in log
+            and handles_worker_signals(pid)
+            for pid in pids
         )
 
-    wait_for(booted, timeout=15, what="both workers booted")
-    time.sleep(0.5)  # "Booting worker" is logged before the worker sets its signal handlers
+    wait_for(booted, timeout=30, what="both workers booted")
     return app.stop()
+
+
+def handles_worker_signals(pid: int) -> bool:
+    """True once gunicorn's worker ``pid`` has set its own signal handlers (SIGABRT caught,
+    the master's SIGHUP no longer): "Booting worker" is logged before that, and a gevent
+    worker then monkey-patches first, which took over 0.5 s on a loaded machine."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(
+        (int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")),
+        0,
+    )
+    return bool(caught >> (signal.SIGABRT - 1) & 1) and not caught >> (signal.SIGHUP - 1) & 1
 
 
 def kill_a_worker_holding_unsent_events(
