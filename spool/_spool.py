@@ -614,10 +614,11 @@ class Spool:
         return conn
 
     def _kept_connection(self, attr: str) -> sqlite3.Connection:
-        """_side_connection for one the spool keeps in ``attr`` (the reader's, the
+        """A new connection the spool keeps in ``attr`` (the writer's, the reader's, the
         checkpointer's; the caller holds its lock). Dropped if a signal handler reset or
-        closed the spool while it was made: a fork then would hand it, opened before the
-        fork, to parent and child alike (see _activate).
+        closed the spool while it was made, or made one itself meanwhile: a reset's epoch
+        tells (it leaves ``attr`` None), since a fork then would hand this connection,
+        opened before it, to parent and child alike.
 
         Stored first, checked after, with no call in between: a handler may run as any call
         returns (on Python < 3.11 also a Python function's, e.g. this one's), so a check
@@ -625,8 +626,9 @@ class Spool:
         not this one."""
         epoch = self._epoch
         conn = self._side_connection()
-        setattr(self, attr, conn)  # from here on a reset (a fork) closes it with the others
-        if self._closed or self._epoch != epoch:
+        if getattr(self, attr) is None:
+            setattr(self, attr, conn)  # from here on a reset (a fork) closes it with the others
+        if getattr(self, attr) is not conn or self._closed or self._epoch != epoch:
             if getattr(self, attr) is conn:
                 setattr(self, attr, None)
             conn.close()
@@ -635,8 +637,7 @@ class Spool:
         return conn
 
     def _side_connection(self) -> sqlite3.Connection:
-        """A new connection beside the writer (the reader's, the checkpointer's); refused
-        once the spool is closed."""
+        """A new connection with the spool's settings; refused once the spool is closed."""
         self._refuse_if_closed()
         return _storage.connect(self._path, busy_timeout=self._busy_timeout, synchronous=self._sync)
 
@@ -1151,22 +1152,12 @@ class Spool:
         made or found is still the spool's, so no cursor on a closed connection is kept and
         no connection is opened on a closed spool."""
         self._refuse_if_closed()
-        epoch = self._epoch
         conn = self._conn
         if conn is None:  # first use after fork(): never touch the parent's handle
             try:
-                conn = _storage.connect(
-                    self._path, busy_timeout=self._busy_timeout, synchronous=self._sync
-                )
+                conn = self._kept_connection("_conn")
             except sqlite3.Error as exc:
                 raise _storage.translate(exc, self._path, "reopen") from exc
-            # A reset meanwhile leaves self._conn None: only the epoch tells (a fork here
-            # would hand this connection, opened before it, to parent and child alike).
-            if self._closed or self._conn is not None or self._epoch != epoch:
-                conn.close()
-                self._refuse_if_closed()
-                raise self._reset_meanwhile()
-            self._conn = conn
         if self._thread is None:
             self._stop.clear()
             # A close() run as clear() was entered set the flag clear() just undid: a
@@ -1212,12 +1203,12 @@ class Spool:
             try:
                 # Inside the try: a handler's reset just now closed ``conn`` (raw error).
                 _refuse_nesting(conn, self._path, op)
-                # Not ``with _storage.transaction(conn)``: a signal handler's exception at
+                # Not ``with _storage._transaction(conn)``: a signal handler's exception at
                 # that context manager's seams (after BEGIN in __enter__, at the entry of
                 # __exit__) escapes with the transaction and SQLite's writer lock still
                 # open. Every call here is inside the ``try``, and the ROLLBACK is inline:
                 # Python runs pending handlers at a function's entry, so a helper's entry
-                # (_storage.rollback) would be such a seam too.
+                # (_storage._rollback) would be such a seam too.
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     result = fn(conn)
@@ -1246,7 +1237,7 @@ class Spool:
                 conn = self._reader()
                 _refuse_nesting(conn, self._path, op)
                 try:
-                    conn.execute("BEGIN")  # inside the try: see _storage.transaction
+                    conn.execute("BEGIN")  # inside the try: see _write
                     return fn(conn)
                 finally:
                     # Inline, as in _write: a helper's entry is where a handler's exception

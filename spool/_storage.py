@@ -314,12 +314,12 @@ def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
 @contextlib.contextmanager
 def _schema_change(conn: sqlite3.Connection, path: Path, timeout: float) -> Iterator[None]:
     """One write transaction under the coarse file lock: committed, or rolled back."""
-    with coarse_lock(path, timeout), transaction(conn):
+    with coarse_lock(path, timeout), _transaction(conn):
         yield
 
 
 @contextlib.contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (one raised by a signal
     handler just after BEGIN too: BEGIN is inside the ``try``)."""
     try:
@@ -327,11 +327,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         yield
         conn.execute("COMMIT")
     except BaseException:
-        rollback(conn)
+        _rollback(conn)
         raise
 
 
-def rollback(conn: sqlite3.Connection) -> None:
+def _rollback(conn: sqlite3.Connection) -> None:
     """ROLLBACK if a transaction is open. A connection closed meanwhile has none left (SQLite
     ended it on close): the error asking it would say so must not replace the exception
     being handled. (Spool._write and _read do the same inline: see there why.)"""
@@ -652,14 +652,14 @@ def _start_fresh(path: Path, moved: Path, busy_timeout: float, synchronous: str)
         try:
             # Committed apart from the copy, so a failed copy still leaves a usable spool
             # (openers waiting for our lock must not have to create the schema under it).
-            with transaction(conn):
+            with _transaction(conn):
                 _migrate(conn, path)
         except sqlite3.Error as exc:
             raise translate(exc, path, "open after recovery") from exc
         if header_problem(moved) is not None:
             return  # not even SQLite's: nothing to read (and SQLite must not touch its -wal)
         try:
-            with transaction(conn):
+            with _transaction(conn):
                 summary = salvage(moved, conn)
         except sqlite3.Error as exc:
             log.warning("spool %s: nothing could be salvaged from %s: %s", path, moved, exc)

@@ -366,6 +366,34 @@ def test_wal_stays_bounded_with_several_appending_processes(db_path: Path) -> No
     assert peak < 128 * 1024 * 1024, f"WAL peaked at {peak / 1e6:.0f} MB"
 
 
+def _connect_returns_under(frame: Any, event: str, *callers: str) -> bool:
+    """A profiled moment: sqlite3's connect() returning, with all of ``callers`` among the
+    three functions above it (where a signal handler that forks would run)."""
+    if event != "return" or frame.f_code.co_name != "connect":
+        return False
+    above = []
+    back = frame.f_back
+    while back is not None and len(above) < 3:
+        above.append(back.f_code.co_name)
+        back = back.f_back
+    return all(name in above for name in callers)
+
+
+def _parent_closes_first(
+    sp: Spool, db_path: Path, child: int, from_child: int, to_child: int, why: str = ""
+) -> None:
+    """The parent's side of a fork-at-a-bad-moment test: once the child is ready, close
+    this process's spool first, let the child append its 50, and find all 53 records there
+    (a connection both processes kept would have lost the child's WAL at that close)."""
+    os.read(from_child, 1)
+    sp.close()
+    os.write(to_child, b"1")
+    assert wait_forked(child) == 0, why
+    with Spool(db_path) as after:
+        assert after.stats().pending == 53
+    assert integrity(db_path) == "ok"
+
+
 @pytest.mark.timeout(60)
 def test_a_fork_while_the_writer_reconnects_hands_no_connection_to_the_child(
     db_path: Path,
@@ -382,9 +410,7 @@ def test_a_fork_while_the_writer_reconnects_hands_no_connection_to_the_child(
     pids: list[int] = []
 
     def profile(frame: Any, event: str, arg: Any) -> None:
-        back = frame.f_back
-        connected = event == "return" and frame.f_code.co_name == "connect"
-        if not pids and connected and back is not None and back.f_code.co_name == "_activate":
+        if not pids and _connect_returns_under(frame, event, "_activate"):
             pids.append(os.fork())
 
     to_child_r, to_child_w = os.pipe()
@@ -407,13 +433,7 @@ def test_a_fork_while_the_writer_reconnects_hands_no_connection_to_the_child(
             code = 0
         finally:
             os._exit(code)
-    os.read(to_parent_r, 1)
-    sp.close()
-    os.write(to_child_w, b"1")
-    assert wait_forked(pids[0]) == 0
-    with Spool(db_path) as after:
-        assert after.stats().pending == 53
-    assert integrity(db_path) == "ok"
+    _parent_closes_first(sp, db_path, pids[0], to_parent_r, to_child_w)
 
 
 @pytest.mark.timeout(60)
@@ -438,13 +458,7 @@ def test_a_fork_while_a_side_connection_is_made_hands_it_to_neither_process(
     pids: list[int] = []
 
     def profile(frame: Any, event: str, arg: Any) -> None:
-        callers = []
-        back = frame.f_back
-        while back is not None and len(callers) < 3:
-            callers.append(back.f_code.co_name)
-            back = back.f_back
-        connected = event == "return" and frame.f_code.co_name == "connect"
-        if not pids and connected and "_side_connection" in callers and keeper in callers:
+        if not pids and _connect_returns_under(frame, event, "_side_connection", keeper):
             pids.append(os.fork())
 
     to_child_r, to_child_w = os.pipe()
@@ -468,13 +482,7 @@ def test_a_fork_while_a_side_connection_is_made_hands_it_to_neither_process(
             code = 0
         finally:
             os._exit(code)
-    os.read(to_parent_r, 1)
-    sp.close()
-    os.write(to_child_w, b"1")
-    assert wait_forked(pids[0]) == 0
-    with Spool(db_path) as after:
-        assert after.stats().pending == 53
-    assert integrity(db_path) == "ok"
+    _parent_closes_first(sp, db_path, pids[0], to_parent_r, to_child_w)
 
 
 @pytest.mark.timeout(60)
@@ -530,10 +538,6 @@ def test_a_fork_as_the_side_connection_is_handed_back_hands_it_to_neither_proces
                 os.write(to_parent_w, b"1")
         finally:
             os._exit(code)
-    os.read(to_parent_r, 1)
-    sp.close()
-    os.write(to_child_w, b"1")
-    assert wait_forked(pids[0]) == 0, "the child kept the pre-fork side connection"
-    with Spool(db_path) as after:
-        assert after.stats().pending == 53
-    assert integrity(db_path) == "ok"
+    _parent_closes_first(
+        sp, db_path, pids[0], to_parent_r, to_child_w, "the child kept the pre-fork side connection"
+    )
