@@ -515,10 +515,19 @@ def _cursor_made(frame: Any, event: str, arg: Any) -> bool:
     return made and frame.f_code.co_name == "_activate"
 
 
-def _thread_started(frame: Any, event: str, arg: Any) -> bool:
-    """The first append's _activate() has just started the checkpoint thread."""
-    inside = frame.f_back is not None and frame.f_back.f_code.co_name == "_activate"
-    return event == "return" and frame.f_code.co_name == "start" and inside
+def _at(event: str, function: str, caller: str) -> Moment:
+    """The moment of ``event`` ("call", "return") for ``function`` called by ``caller``."""
+
+    def moment(frame: Any, seen: str, arg: Any) -> bool:
+        back = frame.f_back
+        named = frame.f_code.co_name == function and back is not None
+        return seen == event and named and back.f_code.co_name == caller
+
+    return moment
+
+
+#: The first append's _activate() has just started the checkpoint thread.
+_thread_started = _at("return", "start", "_activate")
 
 
 def _interrupt() -> None:
@@ -721,15 +730,7 @@ def test_a_close_as_the_first_append_starts_the_checkpointer_stops_it(
     pending signal handlers) must not leave a checkpoint thread running on a closed spool."""
     sp = make_spool(checkpoint_interval=0.05)
 
-    def clearing(frame: Any, event: str, arg: Any) -> bool:
-        back = frame.f_back
-        return (
-            event == "call"
-            and frame.f_code.co_name == "clear"
-            and back is not None
-            and (back.f_code.co_name == "_activate")
-        )
-
+    clearing = _at("call", "clear", "_activate")
     with pytest.raises(SpoolError, match="closed"), _handler_at(clearing, sp.close) as fired:
         sp.append(b"x")
     assert fired
@@ -803,11 +804,7 @@ def test_a_reset_as_a_write_activates_is_a_spool_error(sp: Spool) -> None:
     caller gets a SpoolError, not a raw sqlite3.ProgrammingError."""
     sp.append(b"a")
 
-    def activated(frame: Any, event: str, arg: Any) -> bool:
-        back = frame.f_back
-        inside = back is not None and back.f_code.co_name == "_write"
-        return event == "return" and frame.f_code.co_name == "_activate_if_needed" and inside
-
+    activated = _at("return", "_activate_if_needed", "_write")
     with pytest.raises(SpoolError), _handler_at(activated, sp.close_connections) as fired:
         sp.claim(10)
     assert fired
@@ -819,15 +816,7 @@ def test_a_claim_whose_rows_cannot_be_read_gives_its_lease_back(sp: Spool) -> No
     batch it leased is claimable again at once (not after its lease), whole, same key."""
     sp.append_many([b"a", b"b"])
 
-    def opening_the_reader(frame: Any, event: str, arg: Any) -> bool:
-        back = frame.f_back
-        return (
-            event == "return"
-            and frame.f_code.co_name == "_side_connection"
-            and back is not None
-            and back.f_code.co_name == "_kept_connection"
-        )
-
+    opening_the_reader = _at("return", "_side_connection", "_kept_connection")
     with (
         pytest.raises(SpoolError, match="try again"),
         _handler_at(opening_the_reader, sp.close_connections) as fired,
