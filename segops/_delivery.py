@@ -79,7 +79,7 @@ class RejectedLog:
 
     KEEP = 10_000
 
-    def __init__(self, settled_through: int = 0) -> None:
+    def __init__(self, *, settled_through: int) -> None:
         self._lock = threading.RLock()  # reentrant: a signal handler may flush meanwhile
         self._items: List[Tuple[int, EventRejected]] = []
         # Ids up to here were waited for by an earlier take (or predate the client): dead
@@ -95,20 +95,18 @@ class RejectedLog:
         with self._lock:
             self._items = [item for item in self._items if item[1] is not rejected]
 
-    def take_through(
-        self, last_id: int, store: Optional[spool.Spool] = None
-    ) -> List[EventRejected]:
+    def take_through(self, last_id: int, store: spool.Spool) -> List[EventRejected]:
         """Remove and return those of events with ids up to ``last_id``, oldest first.
 
-        With ``store``, also the dead letters in it with ids above the last take's (and up
-        to ``last_id``) that another sender moved: a client or process sharing the spool
-        may have sent this client's events (a Celery parent's flusher sends its children's),
+        Also the dead letters in ``store`` with ids above the last take's (and up to
+        ``last_id``) that another sender moved: a client or process sharing the spool may
+        have sent this client's events (a Celery parent's flusher sends its children's),
         and the flush() that waited for them must raise all the same."""
         with self._lock:
             taken = sorted((item for item in self._items if item[0] <= last_id), key=_first)
             self._items = [item for item in self._items if item[0] > last_id]
             after, self._settled = self._settled, max(self._settled, last_id)
-        if store is not None and last_id > after:
+        if last_id > after:
             known = {record_id for record_id, _ in taken}
             for record_id, reason in store.dead_letter_reasons(after, last_id):
                 if record_id not in known:
@@ -127,7 +125,7 @@ def _first(item: Tuple[int, EventRejected]) -> int:
 
 
 def _rejected_from(reason: str) -> EventRejected:
-    """The EventRejected for a dead letter's stored reason (``HTTP 400: detail``)."""
+    """The EventRejected for a dead letter's reason (``HTTP 400: detail``, as stored)."""
     status, _, detail = reason.partition(": ")
     code = status[5:] if status.startswith("HTTP ") else ""
     return EventRejected(
@@ -298,16 +296,12 @@ class Delivery:
             return list(self._spool.split(batch))
         detail = exc.detail  # stored, then printed
         reason = f"HTTP {exc.reply.status}: {detail}"
-        rejected = EventRejected(
-            f"the server rejected an event; moved to dead letters ({reason})",
-            status=exc.reply.status,
-            detail=detail,
-        )
+        rejected = _rejected_from(reason)
         # Logged before the rows move: a flush() that sees nothing pending any more must
         # find it there (undone if they do not move after all).
         # An object of its own: on_error may raise the one it gets, whose traceback then
         # keeps this thread's frames (the whole claimed batch) alive while it is kept here.
-        kept = EventRejected(str(rejected), status=rejected.status, detail=detail)
+        kept = _rejected_from(reason)
         if self._rejected is not None:
             self._rejected.add(batch.records[0].id, kept)
         moved = 0
